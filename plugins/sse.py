@@ -1,0 +1,245 @@
+"""Server-Sent Events sink: ``GET /events/<channel>`` and ``GET /events?channel=a&channel=b``.
+
+Each connection is one :class:`Client`: a bounded queue subscribed on ``relay.bus`` to its
+channels, drained by the streaming generator. The bus only ever does a non-blocking put, so a
+slow browser cannot hold up the others; when its queue overflows the client is disconnected and
+resumes with ``Last-Event-ID`` when it reconnects.
+
+On connect the stream sends ``retry:``, then, for a client that gives ``Last-Event-ID`` (header,
+or ``lastEventId`` query parameter for polyfills), the events it missed. When those cannot all
+be replayed, a ``relay-missed`` event comes first. Idle streams get a comment every
+``heartbeat`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import gevent
+from flask import Blueprint, Response, jsonify, request
+from gevent.queue import Empty, Full, Queue
+
+from relay import hookimpl
+from relay.backbone import Replay
+from relay.config import Option, Section
+from relay.event import InvalidEvent, check_name
+from relay.sse import encode_comment, encode_event, encode_retry
+
+SECTION = "sinks.sse"
+MISSED_EVENT = "relay-missed"
+MAX_LAST_EVENT_ID = 256
+HEARTBEAT = encode_comment("heartbeat")
+_CLOSE = object()  # queued to wake a waiting stream when its client is closed
+
+log = logging.getLogger("relay.sse")
+
+
+@hookimpl
+def relay_config_sections():
+    return [Section(SECTION, (
+        Option("heartbeat", float, 15.0, "seconds between heartbeat comments on an idle stream",
+               env="RELAY_SSE_HEARTBEAT", min=0.05),
+        Option("retry", int, 3000, "milliseconds a browser waits before reconnecting (the retry: field)",
+               env="RELAY_SSE_RETRY", min=0),
+        Option("queue_size", int, 500, "events a client may fall behind before it is disconnected",
+               env="RELAY_SSE_QUEUE_SIZE", min=1),
+        Option("max_channels", int, 32, "channels one connection may subscribe to", min=1),
+    ), "The Server-Sent Events sink.")]
+
+
+class Client:
+    """One open stream: a bounded queue fed by the bus, and the socket it is written to."""
+
+    __slots__ = ("queue", "channels", "sock", "closed", "_watcher", "__weakref__")
+
+    def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None):
+        self.queue: Queue = Queue(queue_size)
+        self.channels = channels
+        self.sock = sock
+        self.closed: str | None = None  # why: "slow", "left", "shutdown"
+        self._watcher = None
+
+    def offer(self, channel: str, event) -> None:
+        """Bus receiver: never blocks. A full queue means the client cannot keep up."""
+        try:
+            self.queue.put_nowait(event)
+        except Full:
+            self.close("slow")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = reason
+        try:
+            self.queue.put_nowait(_CLOSE)
+        except Full:
+            pass  # the stream is behind anyway and sees ``closed`` after its next event
+        if reason == "slow" and self.sock is not None:
+            # The stream may be blocked writing to a client that does not read: unblock it.
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
+
+    def watch_for_hangup(self) -> None:
+        """Notice a client that closed its connection at once, not at the next write."""
+        if self.sock is None:
+            return
+        try:
+            self._watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+            self._watcher.start(self._on_readable)
+        except (OSError, ValueError):
+            self._watcher = None
+
+    def _on_readable(self) -> None:
+        raw = getattr(self.sock, "_sock", self.sock)  # the OS socket, not tied to the hub
+        try:
+            data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:  # the client sent more bytes; only end-of-stream interests us
+            self._watcher.stop()
+            return
+        self.close("left")
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+
+
+class Hub:
+    """The SSE clients of one app."""
+
+    def __init__(self, relay, settings: dict):
+        self.relay = relay
+        self.settings = settings
+        self.clients: set[Client] = set()
+        self.retry_frame = encode_retry(settings["retry"])
+
+    def stream(self, client: Client, last_event_id: str | None):
+        relay, bus = self.relay, self.relay.bus
+        self.clients.add(client)
+        try:
+            # Subscribe before reading the history, so nothing falls between the two.
+            for channel in client.channels:
+                bus.subscribe(channel, client.offer)
+            client.watch_for_hangup()
+            yield self.retry_frame
+            replayed: set[str] = set()
+            if last_event_id is not None:
+                if len(last_event_id) > MAX_LAST_EVENT_ID:  # untrusted input: never look it up
+                    replay = Replay([], complete=False, reason="unknown-id")
+                    last_event_id = last_event_id[:MAX_LAST_EVENT_ID]
+                else:
+                    replay = relay.replay(client.channels, last_event_id)
+                head = []
+                if not replay.complete:
+                    relay.stats.incr("sse_missed", reason=replay.reason)
+                    head.append(encode_event(json.dumps(
+                        {"last_event_id": last_event_id, "reason": replay.reason, "channels": client.channels},
+                        separators=(",", ":")), MISSED_EVENT))
+                head.extend(event.frame for event in replay.events)
+                replayed = {event.id for event in replay.events}
+                if head:
+                    yield b"".join(head)
+            yield from self._live(client, replayed)
+        finally:
+            bus.unsubscribe(client.offer)
+            client.stop_watching()
+            self.clients.discard(client)
+            if client.closed == "slow":
+                relay.stats.incr("sse_disconnected_slow")
+                log.info("disconnected a client that fell %d events behind on %s",
+                         self.settings["queue_size"], ",".join(client.channels))
+
+    def _live(self, client: Client, replayed: set[str]):
+        queue, heartbeat = client.queue, self.settings["heartbeat"]
+        while True:
+            try:
+                item = queue.get(timeout=heartbeat)
+            except Empty:
+                yield HEARTBEAT
+                continue
+            frames = []
+            while True:  # everything already queued goes out in one write
+                if item is _CLOSE or client.closed:
+                    if frames:
+                        yield b"".join(frames)
+                    if client.closed == "shutdown":
+                        yield self.retry_frame
+                    return
+                if replayed:
+                    if item.id in replayed:  # already sent as part of the replay
+                        item = None
+                    else:
+                        replayed = set()  # live events are in order: no more overlap
+                if item is not None:
+                    frames.append(item.frame)
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            if frames:
+                yield b"".join(frames)
+
+    def close_all(self, reason: str) -> None:
+        for client in list(self.clients):
+            client.close(reason)
+
+
+def _error(status: int, message: str):
+    return jsonify({"error": "invalid_request", "message": message}), status
+
+
+@hookimpl
+def relay_init_app(app, relay):
+    hub = relay.extensions["sse"] = Hub(relay, relay.config.section(SECTION))
+    blueprint = Blueprint("sse", __name__)
+
+    def open_stream(channels: list[str]):
+        if not channels:
+            return _error(400, "name at least one channel: /events/<channel> or /events?channel=a&channel=b")
+        if len(channels) > hub.settings["max_channels"]:
+            return _error(400, f"{len(channels)} channels requested; the limit is {hub.settings['max_channels']}")
+        try:
+            for channel in channels:
+                check_name("channel", channel)
+        except InvalidEvent as exc:
+            return _error(400, str(exc))
+        last_event_id = request.headers.get("Last-Event-ID", request.args.get("lastEventId"))
+        if last_event_id == "":
+            last_event_id = None  # an empty id resets the client: it starts fresh
+        client = Client(list(dict.fromkeys(channels)), hub.settings["queue_size"],
+                        request.environ.get("gunicorn.socket"))
+        response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        return response
+
+    @blueprint.get("/events/<channel>")
+    def stream_channel(channel: str):
+        return open_stream([channel])
+
+    @blueprint.get("/events")
+    def stream_channels():
+        return open_stream(request.args.getlist("channel"))
+
+    app.register_blueprint(blueprint)
+
+
+@hookimpl
+def relay_health(relay):
+    hub = relay.extensions.get("sse")
+    return {"sse": {"state": "up", "clients": len(hub.clients)}} if hub else None
+
+
+@hookimpl
+def relay_shutdown(relay):
+    hub = relay.extensions.get("sse")
+    if hub:
+        hub.close_all("shutdown")

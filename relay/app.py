@@ -1,0 +1,105 @@
+"""The app factory: configuration, plugins and the Flask app, built in that order."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from relay.config import CORE_SECTIONS, Config, ConfigError, load_config, raw_config
+from relay.plugins import get_plugin_manager
+from relay.runtime import Relay
+
+
+def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> Flask:
+    """Build a relay app.
+
+    :param config: a dict of configuration tables, or the path of a TOML file. By default the
+        file named by ``RELAY_CONFIG``, or nothing: the embedded in-memory relay.
+        ``RELAY_*`` environment variables override either.
+    :raises ConfigError: naming every bad key; the app is not built.
+    """
+    raw, source = raw_config(config)
+    pm = get_plugin_manager(_early_list(raw, "plugins"), _early_list(raw, "disable_plugins"))
+    sections = list(CORE_SECTIONS)
+    for declared in pm.hook.relay_config_sections():
+        sections.extend(declared or [])
+    settings = load_config(raw, sections, source)
+    _configure_logging(settings)
+
+    app = Flask("relay")
+    core = settings.section("")
+    app.config["MAX_CONTENT_LENGTH"] = core["max_body_size"]
+    app.json.sort_keys = False
+    relay = Relay(settings, pm)
+    app.extensions["relay"] = relay
+    _init_cors(app, core["cors_origins"])
+    _init_errors(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(relay.health())
+
+    @app.before_request
+    def start_sources_if_no_server_hook_did():
+        # gunicorn.conf.py starts the relay after fork; other WSGI servers get it on first request.
+        relay.start()
+
+    pm.hook.relay_init_app(app=app, relay=relay)
+    return app
+
+
+def _early_list(raw: Mapping[str, Any], key: str) -> list[str]:
+    # Which plugins to load is needed before the schema exists (plugins declare their own
+    # sections); load_config validates the same keys properly afterwards.
+    env = os.environ.get(f"RELAY_{key.upper()}")
+    if env is not None:
+        return [name.strip() for name in env.split(",") if name.strip()]
+    value = raw.get(key, [])
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _configure_logging(settings: Config) -> None:
+    logger = logging.getLogger("relay")
+    logger.setLevel(settings.section("")["log_level"].upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def _init_cors(app: Flask, origins: list[str]) -> None:
+    if not origins:
+        return
+    any_origin = "*" in origins
+
+    @app.after_request
+    def add_cors_headers(response):
+        origin = request.headers.get("Origin")
+        if origin and (any_origin or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
+            if not any_origin:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.vary.add("Origin")
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, Last-Event-ID"
+                response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+
+def _init_errors(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def json_error(exc: HTTPException):
+        body = {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
+        if exc.code == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            body["message"] = f"the body is larger than max_body_size ({limit} bytes)"
+        return jsonify(body), exc.code
+
+
+__all__ = ["create_app", "ConfigError"]

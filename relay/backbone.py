@@ -1,0 +1,123 @@
+"""The in-memory backbone: gives each event its place and keeps a bounded history for resume.
+
+Ids the backbone assigns look like ``<boot>-<seq>``: ``boot`` changes with every process start,
+so an id from before a restart is recognised as unknown instead of being confused with a new
+event of the same number. Events that arrive with an id of their own (set by the publisher, or
+a broker position such as a Redis Streams id) keep it and are found through an index.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from bisect import bisect_right
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from itertools import islice
+
+from relay.event import Event
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int) -> str:
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = _DIGITS[rest] + out
+        if not number:
+            return out
+
+
+@dataclass
+class Replay:
+    """What a resuming client gets before it goes live.
+
+    :param events: the events after the client's last id, oldest first.
+    :param complete: ``False`` when some events after that id can no longer be replayed.
+    :param reason: why not complete: ``"unknown-id"`` or ``"evicted"``.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    complete: bool = True
+    reason: str = ""
+
+
+class MemoryBackbone:
+    """Bounded per-channel history in this process; the default backbone."""
+
+    def __init__(self, history_size: int, max_channels: int = 10_000):
+        self.history_size = history_size
+        self.max_channels = max_channels
+        self.boot = _base36(time.time_ns() // 1_000_000)
+        self._seq = 0
+        self._history: OrderedDict[str, deque[Event]] = OrderedDict()  # least recently used first
+        self._evicted: dict[str, int] = {}  # per channel: the highest seq dropped from its history
+        self._forgotten = 0  # the highest seq of any channel whose whole history was dropped
+        self._by_id: dict[str, int] = {}  # ids not assigned here -> seq
+
+    def append(self, event: Event) -> Event:
+        """Number the event, give it an id if it has none, and keep it in its channel's history."""
+        self._seq += 1
+        event.seq = self._seq
+        if event.id is None:
+            event.id = f"{self.boot}-{self._seq}"
+        else:
+            self._by_id[event.id] = self._seq
+        if self.history_size:
+            self._remember(event)
+        return event
+
+    def _remember(self, event: Event) -> None:
+        history = self._history.get(event.channel)
+        if history is None:
+            if len(self._history) >= self.max_channels:
+                self._forget_oldest_channel()
+            history = self._history[event.channel] = deque()
+        else:
+            self._history.move_to_end(event.channel)
+        history.append(event)
+        if len(history) > self.history_size:
+            self._drop(history.popleft())
+
+    def _drop(self, old: Event) -> None:
+        self._evicted[old.channel] = old.seq
+        if self._by_id.get(old.id) == old.seq:
+            del self._by_id[old.id]
+
+    def _forget_oldest_channel(self) -> None:
+        channel, history = self._history.popitem(last=False)
+        for old in history:
+            self._drop(old)
+        self._forgotten = max(self._forgotten, self._evicted.pop(channel, 0))
+
+    def position(self, event_id: str) -> int | None:
+        """The seq of ``event_id``, or ``None`` when this process never saw it or forgot it."""
+        boot, _, number = event_id.rpartition("-")
+        if boot == self.boot and number.isdigit():
+            return int(number)
+        return self._by_id.get(event_id)
+
+    def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
+        """Events after ``last_event_id`` on ``channels``; ``None`` when the id is unknown here."""
+        after = self.position(last_event_id)
+        if after is None:
+            return None
+        complete = True
+        streams = []
+        for channel in channels:
+            history = self._history.get(channel)
+            floor = self._evicted.get(channel, 0) if history is not None else self._forgotten
+            if after < floor:
+                complete = False
+            if history:
+                start = bisect_right(history, after, key=lambda e: e.seq)
+                streams.append(islice(history, start, None))
+        events = list(heapq.merge(*streams, key=lambda e: e.seq))
+        if len(events) > limit:
+            events, complete = events[-limit:], False
+        return Replay(events, complete, "" if complete else "evicted")
+
+    def stats(self) -> dict[str, int]:
+        return {"channels": len(self._history), "events": sum(len(h) for h in self._history.values()),
+                "last_seq": self._seq}

@@ -1,0 +1,146 @@
+"""Hook specifications: the whole contract between relay and its plugins.
+
+Read top to bottom, this module walks relay's lifecycle: configuration, start-up, every event,
+health and shutdown. Implement a hook with ``@relay.hookimpl`` on a function of the same name;
+an implementation may accept any subset of the arguments listed. Collection hooks return lists
+that relay merges; only ``relay_replay`` stops at the first answer.
+
+All hooks run in the worker process (after gunicorn forks), inside gevent greenlets. Per-event
+hooks (``relay_transform_event``, ``relay_deliver``) run in the greenlet that published the event:
+they must not block. Hand slow work to a greenlet or queue of your own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from flask import Flask
+
+    from relay.backbone import Replay
+    from relay.config import Section
+    from relay.event import Event
+    from relay.runtime import Relay
+    from relay.source import Source
+
+hookspec = pluggy.HookspecMarker("relay")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration: before anything else is built
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def relay_config_sections() -> list[Section]:
+    """Declare the configuration sections and keys this plugin reads.
+
+    Called once per ``create_app``, before the configuration is validated. Keys nobody declares
+    are errors, so a plugin must declare every key it reads, with its type, default and, where
+    useful, the ``RELAY_*`` environment variable that overrides it. Sources use paths like
+    ``"sources.redis"``, sinks ``"sinks.webhooks"``.
+
+    :return: a list of :class:`relay.config.Section`.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up: once per worker process
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def relay_init_app(app: Flask, relay: Relay) -> None:
+    """Add HTTP routes (a Flask blueprint) and per-app state.
+
+    Called once by ``create_app`` after the configuration is validated. Keep state in
+    ``relay.extensions["<your plugin>"]``, never in module globals: tests build several apps in
+    one process. Do not open broker connections here; sources connect in :meth:`Source.run`.
+
+    :param app: the Flask application being built.
+    :param relay: the runtime: ``relay.config``, ``relay.bus``, ``relay.publish``, ``relay.stats``.
+    """
+
+
+@hookspec
+def relay_sources(relay: Relay) -> list[Source]:
+    """Return the sources to run with the current configuration.
+
+    Called once when the worker starts (after fork). Return an empty list when your section is
+    not configured. relay runs each :class:`relay.source.Source` in its own greenlet, restarts it
+    with capped exponential backoff when ``run`` raises, reports its status in ``/healthz`` and
+    stops it on shutdown.
+
+    :param relay: the runtime; sources publish with ``relay.publish(event)``.
+    :return: a list of :class:`relay.source.Source` instances.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Every event: in the publishing greenlet, must not block
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def relay_transform_event(relay: Relay, event: Event) -> Event | bool | None:
+    """Filter or rewrite an event before it gets its id and reaches any sink.
+
+    Called for every published event, before it enters the backbone. Implementations are chained:
+    each one sees the result of the previous one.
+
+    :param event: the event so far.
+    :return: ``None`` to keep it as it is, a new :class:`relay.event.Event` to replace it, or
+        ``False`` to drop it (it is counted as ``dropped``; the publisher still gets an answer).
+        An implementation that raises is logged with its plugin's name and skipped.
+    """
+
+
+@hookspec
+def relay_deliver(relay: Relay, event: Event) -> None:
+    """Receive every event that entered the backbone: the hook for sinks.
+
+    Called once per event, in publish order, after the event has its id. One implementation that
+    raises is logged with its plugin's name and counted; the others still receive the event.
+    Must not block: put the event on a queue of your own and deliver from another greenlet.
+    (The SSE sink does not use this hook: each browser subscribes to its channels on
+    ``relay.bus`` directly.)
+
+    :param event: the event, with ``id`` and ``channel`` set.
+    """
+
+
+@hookspec(firstresult=True)
+def relay_replay(relay: Relay, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
+    """Replay events after ``last_event_id`` that the in-memory history cannot.
+
+    Called when a client resumes with an id the backbone's history does not know (older than
+    the history, or from before a restart). A source that can read its broker's log (Redis
+    Streams, Kafka) recognises its own ids and answers. Stops at first non-None result.
+
+    :param channels: the channels the client subscribes to.
+    :param last_event_id: the client's ``Last-Event-ID``, untrusted, at most 256 characters.
+    :param limit: the most events to return.
+    :return: a :class:`relay.backbone.Replay`, or ``None`` when the id is not yours.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Health and shutdown
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def relay_health(relay: Relay) -> dict[str, dict[str, Any]] | None:
+    """Report the state of components this plugin owns, for ``/healthz``.
+
+    Sources need not implement this: relay reports every source's status itself.
+
+    :return: ``{"<component>": {"state": "up" | "down" | "starting", ...details}}`` or ``None``.
+    """
+
+
+@hookspec
+def relay_shutdown(relay: Relay) -> None:
+    """Release what this plugin holds: the worker is stopping.
+
+    Called once, before sources are stopped. End streams, flush queues, close connections.
+    Keep it short; relay waits a bounded time.
+    """

@@ -1,0 +1,150 @@
+"""The runtime of one relay app: configuration, plugins, bus, backbone and sources together.
+
+``create_app`` builds one :class:`Relay` and keeps it in ``app.extensions["relay"]``. Plugins
+receive it in every hook.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator
+
+import pluggy
+
+from relay.backbone import MemoryBackbone, Replay
+from relay.bus import Bus
+from relay.config import Config
+from relay.event import Event
+from relay.stats import Stats
+from relay.supervisor import Supervisor
+
+log = logging.getLogger("relay")
+
+
+class Relay:
+    def __init__(self, config: Config, plugins: pluggy.PluginManager):
+        self.config = config
+        self.plugins = plugins
+        self.stats = Stats()
+        self.extensions: dict[str, Any] = {}  # per-app state of plugins, by plugin name
+        core = config.section("")
+        self.history_size: int = core["history_size"]
+        self.backbone = MemoryBackbone(self.history_size)
+        self.bus = Bus(on_error=lambda receiver, exc: self.stats.incr("receiver_errors"))
+        self.supervisor = Supervisor(self)
+        self.state = "new"  # -> "running" -> "stopped"; a stopped relay never starts again
+        if self.plugins.hook.relay_deliver.get_hookimpls():
+            self.bus.subscribe_all(self._deliver_to_sinks)
+
+    # -- the event path -----------------------------------------------------------------------
+
+    def publish(self, event: Event) -> Event | None:
+        """Run the transforms, give the event its place and id, hand it to every subscriber.
+
+        Returns the event as delivered, or ``None`` when a transform dropped it.
+        """
+        for impl in self._impls("relay_transform_event"):
+            ok, result = self._call(impl, "relay_transform_event", {"relay": self, "event": event})
+            if not ok or result is None:
+                continue
+            if result is False:
+                self.stats.incr("dropped", plugin=impl.plugin_name)
+                return None
+            if isinstance(result, Event):
+                event = result
+            else:
+                log.error("plugin %s: relay_transform_event returned a %s; expected None, False or an Event",
+                          impl.plugin_name, type(result).__name__)
+                self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook="relay_transform_event")
+        self.backbone.append(event)
+        self.stats.incr("events_in", source=event.source)
+        self.bus.send(event)
+        return event
+
+    def _deliver_to_sinks(self, channel: str, event: Event) -> None:
+        for _ in self.call_each("relay_deliver", event=event):
+            pass
+
+    def replay(self, channels: list[str], last_event_id: str) -> Replay:
+        """What a client resuming after ``last_event_id`` missed: from history, else from a plugin."""
+        replay = self.backbone.replay(channels, last_event_id, self.history_size)
+        if replay is not None:
+            return replay
+        try:
+            replay = self.plugins.hook.relay_replay(relay=self, channels=channels,
+                                                    last_event_id=last_event_id, limit=self.history_size)
+        except Exception:  # noqa: BLE001 - a broken replay must not break the stream
+            log.exception("relay_replay failed for id %r", last_event_id)
+            self.stats.incr("plugin_errors", hook="relay_replay")
+            replay = None
+        return replay if isinstance(replay, Replay) else Replay([], complete=False, reason="unknown-id")
+
+    # -- calling plugins with fault isolation ---------------------------------------------------
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Call every implementation of a hook, each in its own ``try``.
+
+        Yields ``(plugin name, result)`` in pluggy's call order. A failing implementation is
+        logged with its plugin's name and counted, and the others still run.
+        """
+        kwargs["relay"] = self
+        for impl in self._impls(hook_name):
+            ok, result = self._call(impl, hook_name, kwargs)
+            if ok:
+                yield impl.plugin_name, result
+
+    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        # pluggy calls the last registered implementation first; keep its order.
+        return list(reversed(getattr(self.plugins.hook, hook_name).get_hookimpls()))
+
+    def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        try:
+            return True, impl.function(*[kwargs[name] for name in impl.argnames])
+        except Exception:  # noqa: BLE001 - one plugin's bug must not reach the others
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook=hook_name)
+            return False, None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sources. Call once per worker, after fork; calling again does nothing."""
+        if self.state != "new":
+            return
+        self.state = "running"
+        sources = []
+        for plugin, result in self.call_each("relay_sources"):
+            for source in result or []:
+                sources.append((plugin, source))
+        self.supervisor.start(sources)
+        log.info("relay started: %d source(s): %s", len(sources),
+                 ", ".join(s.name for _, s in sources) or "none besides HTTP")
+
+    def stop(self) -> None:
+        """End streams, stop sources. Bounded: returns within a few seconds."""
+        if self.state != "running":
+            return
+        self.state = "stopped"
+        for _ in self.call_each("relay_shutdown"):
+            pass
+        self.supervisor.stop()
+        log.info("relay stopped")
+
+    def health(self) -> dict[str, Any]:
+        components: dict[str, Any] = {}
+        for plugin, source in self.supervisor.sources:
+            components[f"source:{source.name}"] = {"state": source.status, "detail": source.detail,
+                                                   "plugin": plugin}
+        for plugin, result in self.call_each("relay_health"):
+            if isinstance(result, dict):
+                components.update(result)
+        down = [name for name, c in components.items() if c.get("state") == "down"]
+        return {
+            "status": "degraded" if down else "ok",
+            "time": time.time(),
+            "components": components,
+            "bus": {"receivers": self.bus.receiver_count},
+            "backbone": self.backbone.stats(),
+            "counters": self.stats.snapshot(),
+        }

@@ -1,0 +1,51 @@
+"""The ``text/event-stream`` wire format (WHATWG HTML, "Server-sent events").
+
+Pure functions from values to bytes, so the framing rules live in one place and are tested on
+their own: data is split on CR LF, CR and LF only (never on other Unicode line breaks), each
+piece gets its own ``data: `` line, and ``id``/``event`` may never carry CR, LF or NUL, which
+would let a value inject fields of its own.
+"""
+
+from __future__ import annotations
+
+import re
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+def encode_event(data: str, event: str | None = None, id: str | None = None) -> bytes:
+    """One event block. ``data`` may span lines; an empty string still dispatches an event."""
+    parts = []
+    if id is not None:
+        _check_field("id", id)
+        parts.append(f"id: {id}\n")
+    if event:
+        _check_field("event", event)
+        parts.append(f"event: {event}\n")
+    for line in _LINE_BREAK.split(data):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def encode_comment(text: str = "") -> bytes:
+    """A comment block: ignored by clients, keeps proxies from closing an idle stream."""
+    return "".join(f":{' ' if line else ''}{line}\n" for line in _LINE_BREAK.split(text)).encode("utf-8") + b"\n"
+
+
+def encode_retry(milliseconds: int) -> bytes:
+    """Tell the client how long to wait before reconnecting."""
+    if not isinstance(milliseconds, int) or isinstance(milliseconds, bool) or milliseconds < 0:
+        raise ValueError(f"retry must be a non-negative integer of milliseconds, got {milliseconds!r}")
+    return f"retry: {milliseconds}\n\n".encode("ascii")
+
+
+def has_forbidden_characters(value: str) -> bool:
+    """True when ``value`` holds CR, LF or NUL and so cannot be an ``id``, ``event`` or channel."""
+    return _FORBIDDEN.search(value) is not None
+
+
+def _check_field(name: str, value: str) -> None:
+    if has_forbidden_characters(value):
+        raise ValueError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")

@@ -1,0 +1,375 @@
+"""Test helpers for relay and its plugins: a pytest plugin (entry point ``pytest11``).
+
+Fixtures:
+
+``relay_server``
+    a relay on the embedded default, running under gunicorn's gevent worker on a free port.
+``shared_relay_server``
+    the same, shared by the tests of one module (faster; for tests that do not restart it).
+``relay_server_factory``
+    ``relay_server_factory(config={...}, env={...}, workers=1)`` starts more; all are stopped
+    after the test.
+
+Helpers: :class:`RelayServer`, :class:`SSEClient` (a WHATWG-conformant ``text/event-stream``
+reader over real HTTP), :func:`publish`, :func:`free_port`, :func:`wait_until`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+                 timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, body, headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def publish(base_url: str, channel: str, event: str, data: Any = None, id: str | None = None,
+            timeout: float = 10.0) -> dict:
+    """Publish over HTTP; returns the JSON answer and fails unless relay answered 202."""
+    message: dict[str, Any] = {"event": event, "data": data}
+    if id is not None:
+        message["id"] = id
+    status, _, body = http_request(f"{base_url}/events/{urllib.request.quote(channel, safe='')}", "POST",
+                                   json.dumps(message).encode(), {"Content-Type": "application/json"}, timeout)
+    assert status == 202, f"publish to {channel!r} answered {status}: {body!r}"
+    return json.loads(body)
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: str
+    id: str | None  # the last event id after this event, as a browser would keep it
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass
+class SSEClient:
+    """Reads a ``text/event-stream`` over real HTTP, parsing it as a browser's EventSource does."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+    status: int = 0
+    response_headers: dict[str, str] = field(default_factory=dict)
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+    last_event_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # A raw socket, not http.client: its reader is unusable after one read times out.
+        parsed = urllib.parse.urlsplit(self.url)
+        self._sock = socket.create_connection((parsed.hostname, parsed.port), timeout=self.timeout)
+        path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        headers = {"Host": f"{parsed.hostname}:{parsed.port}", "Accept": "text/event-stream", **self.headers}
+        request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self._sock.sendall(request.encode("utf-8"))
+        self._raw = b""
+        while b"\r\n\r\n" not in self._raw:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"{self.url} closed the connection before answering")
+            self._raw += chunk
+        head, self._raw = self._raw.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            self.response_headers[name.strip().lower()] = value.strip()
+        self._chunked = self.response_headers.get("transfer-encoding", "").lower() == "chunked"
+        self._chunk_left = 0  # bytes left in the current chunk; -1 after the last chunk
+        self._buffer = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._pending_cr = False
+        self._data: list[str] = []
+        self._event = ""
+        self._ready: list[SSEEvent] = []
+        self.closed = False
+
+    def body(self, timeout: float = 5.0) -> bytes:
+        """The body of a response that ends (an error answer), read for at most ``timeout``."""
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while self.read_body_bytes_into(out, 0.1) and time.monotonic() < deadline:
+            pass
+        return b"".join(out)
+
+    def _take_body(self) -> bytes:
+        """Decode what is buffered of the (chunked) body; sets ``closed`` at its end."""
+        if not self._chunked:
+            data, self._raw = self._raw, b""
+            return data
+        out = []
+        while self._raw and self._chunk_left >= 0:
+            if self._chunk_left == 0:
+                line_end = self._raw.find(b"\r\n")
+                if line_end < 0:
+                    break
+                size = int(self._raw[:line_end].split(b";")[0], 16)
+                if size == 0:
+                    self._chunk_left = -1
+                    self.closed = True
+                    break
+                if len(self._raw) < line_end + 2 + size + 2:
+                    break  # wait for the whole chunk and its CRLF
+                out.append(self._raw[line_end + 2: line_end + 2 + size])
+                self._raw = self._raw[line_end + 2 + size + 2:]
+        return b"".join(out)
+
+    def read_body_bytes_into(self, out: list[bytes], timeout: float | None = None) -> bool:
+        """Append body bytes that arrive within ``timeout``; False once the body has ended."""
+        data = self._take_body()
+        if data:
+            out.append(data)
+            return not self.closed
+        if self.closed:
+            return False
+        self._sock.settimeout(timeout if timeout is not None else self.timeout)
+        try:
+            chunk = self._sock.recv(1 << 20)
+        except (TimeoutError, socket.timeout):
+            return True
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self._raw += chunk
+        data = self._take_body()
+        if data:
+            out.append(data)
+        return not self.closed or bool(data)
+
+    def _lines(self, chunk: str) -> list[str]:
+        # Lines end with CRLF, LF or CR; a CR that ends a read may be the first half of a CRLF.
+        text = self._buffer + chunk
+        if self._pending_cr:
+            self._pending_cr = False
+            if text.startswith("\n"):
+                text = text[1:]
+        end = max(text.rfind("\r"), text.rfind("\n"))
+        if end < 0:
+            self._buffer = text
+            return []
+        complete, self._buffer = text[: end + 1], text[end + 1:]
+        self._pending_cr = complete.endswith("\r")
+        return _LINE_BREAK.split(complete)[:-1]
+
+    def _feed(self, line: str) -> None:
+        if line == "":
+            if self._data:
+                self._ready.append(SSEEvent(self._event or "message", "\n".join(self._data), self.last_event_id))
+            self._data, self._event = [], ""
+            return
+        if line.startswith(":"):
+            self.comments.append(line[1:].lstrip(" "))
+            return
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value)
+
+    def read_some(self, timeout: float | None = None) -> bool:
+        """Read and parse what arrives within ``timeout``; False when the stream has ended."""
+        chunks: list[bytes] = []
+        alive = self.read_body_bytes_into(chunks, timeout)
+        for chunk in chunks:
+            for line in self._lines(self._decoder.decode(chunk)):
+                self._feed(line)
+        return alive
+
+    def next_event(self, timeout: float | None = None) -> SSEEvent:
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        while not self._ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no event on {self.url} within the timeout")
+            if not self.read_some(remaining):
+                raise AssertionError(f"the stream {self.url} ended while waiting for an event")
+        return self._ready.pop(0)
+
+    def events(self, count: int, timeout: float | None = None) -> list[SSEEvent]:
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        return [self.next_event(max(0.01, deadline - time.monotonic())) for _ in range(count)]
+
+    def no_event_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self._ready and time.monotonic() < deadline:
+            if not self.read_some(max(0.01, deadline - time.monotonic())):
+                break
+        return not self._ready
+
+    def wait_closed(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.read_some(max(0.01, deadline - time.monotonic())):
+                return True
+        return False
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> SSEClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _write_toml(config: dict, path: Path) -> None:
+    import tomli_w
+
+    path.write_bytes(tomli_w.dumps(config).encode())
+
+
+class RelayServer:
+    """A relay under gunicorn's gevent worker, as operators run it, on a free port."""
+
+    def __init__(self, config: dict | None = None, env: dict[str, str] | None = None, workers: int = 1,
+                 directory: str | os.PathLike | None = None, port: int | None = None):
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="relay-test-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.directory / f"relay-{self.port}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        self.env.update({"RELAY_BIND": f"127.0.0.1:{self.port}", "RELAY_WORKERS": str(workers),
+                         "RELAY_DATA_DIR": str(self.directory / "data"), "RELAY_GRACEFUL_TIMEOUT": "5"})
+        if config is not None:
+            config_path = self.directory / "relay.toml"
+            _write_toml(config, config_path)
+            self.env["RELAY_CONFIG"] = str(config_path)
+        self.env.update(env or {})
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> RelayServer:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_config", "relay.wsgi_app:app"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                status, _, _ = http_request(f"{self.url}/healthz", timeout=1)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"relay did not answer on {self.url} within {timeout}s:\n{self.log()}")
+
+    def health(self) -> dict:
+        status, _, body = http_request(f"{self.url}/healthz", timeout=5)
+        return json.loads(body)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Stop gunicorn (SIGTERM: graceful) and wait; kills it if it does not stop in time."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> RelayServer:
+        self.stop()
+        return self.start()
+
+    def sse(self, path: str, **kwargs: Any) -> SSEClient:
+        return SSEClient(f"{self.url}{path}", **kwargs)
+
+    def publish(self, channel: str, event: str, data: Any = None, id: str | None = None) -> dict:
+        return publish(self.url, channel, event, data, id)
+
+
+@pytest.fixture
+def relay_server_factory(tmp_path):
+    servers: list[RelayServer] = []
+
+    def start(config: dict | None = None, env: dict[str, str] | None = None, workers: int = 1,
+              **kwargs: Any) -> RelayServer:
+        server = RelayServer(config, env, workers, directory=tmp_path / f"relay{len(servers)}", **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def relay_server(relay_server_factory) -> RelayServer:
+    return relay_server_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_relay_server(tmp_path_factory) -> RelayServer:
+    """One embedded relay for a whole test module, for tests that only add events."""
+    server = RelayServer(directory=tmp_path_factory.mktemp("relay")).start()
+    yield server
+    server.stop()
