@@ -99,7 +99,12 @@ def _init_errors(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config["MAX_CONTENT_LENGTH"]
             body["message"] = f"the body is larger than max_body_size ({limit} bytes)"
-        return jsonify(body), exc.code
+        response = jsonify(body)
+        response.status_code = exc.code
+        for name, value in exc.get_headers():  # keeps Allow on 405, for instance
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
 
 __all__ = ["create_app", "ConfigError"]

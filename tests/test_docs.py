@@ -1,0 +1,26 @@
+"""The docs are generated from the code or checked against it, so they cannot drift."""
+
+import re
+from pathlib import Path
+
+from relay.reference import config_markdown, hooks_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+REGENERATE = "regenerate with: python -m relay.reference {} > docs/{}"
+
+
+def test_hook_reference_is_up_to_date():
+    assert (ROOT / "docs/hooks.md").read_text() == hooks_markdown(), REGENERATE.format("hooks", "hooks.md")
+
+
+def test_configuration_reference_is_up_to_date():
+    assert (ROOT / "docs/configuration.md").read_text() == config_markdown(), \
+        REGENERATE.format("config", "configuration.md")
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```sh\n(.+?)\n```", readme)
+    run, test = commands[0], commands[1]
+    assert run.endswith("gunicorn -k gevent wsgi:app")
+    assert "pytest" in test and test in (ROOT / ".ci/run").read_text()

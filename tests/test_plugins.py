@@ -1,0 +1,124 @@
+"""Plugins: loading through entry points and the plugins setting, the per-event hooks, fault isolation."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from relay import hookspecs
+from relay.testing import RelayServer, http_request, wait_until
+
+GOOD_PLUGIN = '''
+import json, os
+from relay import Event, hookimpl
+
+@hookimpl
+def relay_transform_event(event):
+    if event.event == "secret":
+        return False                       # filtered out
+    if event.event == "shout":
+        return Event(event.channel, "shout", str(event.data).upper(), source=event.source)
+
+@hookimpl
+def relay_deliver(event):
+    with open(os.environ["SINK_FILE"], "a") as fh:
+        fh.write(json.dumps({"id": event.id, "event": event.event, "data": event.data}) + "\\n")
+'''
+
+BROKEN_PLUGIN = '''
+from relay import hookimpl
+
+@hookimpl
+def relay_transform_event(event):
+    raise RuntimeError("transform bug")
+
+@hookimpl
+def relay_deliver(event):
+    raise RuntimeError("sink bug")
+
+@hookimpl
+def relay_health():
+    raise RuntimeError("health bug")
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    (tmp_path / "good_plugin.py").write_text(GOOD_PLUGIN)
+    (tmp_path / "broken_plugin.py").write_text(BROKEN_PLUGIN)
+    (tmp_path / "typo_plugin.py").write_text("from relay import hookimpl\n\n@hookimpl\n"
+                                             "def relay_deliverr(event):\n    pass\n")
+    return tmp_path
+
+
+def test_transform_filter_and_deliver_hooks(relay_server_factory, plugin_dir):
+    sink = plugin_dir / "sink.jsonl"
+    server = relay_server_factory({"plugins": ["good_plugin"]},
+                                  env={"PYTHONPATH": str(plugin_dir), "SINK_FILE": str(sink)})
+    with server.sse("/events/p") as stream:
+        server.publish("p", "shout", "hello")
+        dropped = server.publish("p", "secret", "hidden")
+        server.publish("p", "plain", "as is")
+        shout, plain = stream.events(2, 5)
+    assert dropped == {"id": None, "dropped": True}
+    assert (shout.event, shout.data) == ("shout", "HELLO") and plain.data == "as is"
+    lines = wait_until(lambda: sink.exists() and len(sink.read_text().splitlines()) == 2 and sink.read_text())
+    assert [json.loads(line)["data"] for line in lines.splitlines()] == ["HELLO", "as is"]
+
+
+def test_a_broken_plugin_does_not_stop_delivery_to_others(relay_server_factory, plugin_dir):
+    sink = plugin_dir / "sink.jsonl"
+    server = relay_server_factory({"plugins": ["good_plugin", "broken_plugin"]},
+                                  env={"PYTHONPATH": str(plugin_dir), "SINK_FILE": str(sink)})
+    with server.sse("/events/p") as stream:
+        for i in range(3):
+            server.publish("p", "n", i)
+        assert [e.json() for e in stream.events(3, 5)] == [0, 1, 2]
+    wait_until(lambda: sink.exists() and len(sink.read_text().splitlines()) == 3, message="good sink got all 3")
+    health = server.health()  # the worker is alive, and says who failed
+    errors = {(c["plugin"], c["hook"]): c["count"] for c in health["counters"]["plugin_errors"]}
+    assert errors[("broken_plugin", "relay_deliver")] == 3
+    assert errors[("broken_plugin", "relay_transform_event")] == 3
+    assert errors[("broken_plugin", "relay_health")] >= 1
+    assert "plugin broken_plugin failed in relay_deliver" in server.log()
+
+
+def test_unknown_hook_name_stops_start_up_naming_the_plugin(plugin_dir, tmp_path):
+    server = RelayServer({"plugins": ["typo_plugin"]}, env={"PYTHONPATH": str(plugin_dir)},
+                         directory=tmp_path / "r")
+    with pytest.raises(RuntimeError) as info:
+        server.start()
+    assert "typo_plugin" in str(info.value) and "relay_deliverr" in str(info.value)
+
+
+def test_missing_plugin_module_is_named(plugin_dir, tmp_path):
+    server = RelayServer({"plugins": ["no_such_plugin"]}, directory=tmp_path / "r")
+    with pytest.raises(RuntimeError) as info:
+        server.start()
+    assert "plugin module 'no_such_plugin'" in str(info.value)
+
+
+def test_builtins_load_through_the_entry_point_group():
+    result = subprocess.run([sys.executable, "-m", "relay", "plugins"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if not line.startswith(" ")}
+    for name in ("sse", "http_publish"):
+        assert "relay 0." in rows[name]  # loaded from the relay distribution's entry points
+
+
+def test_disabled_plugin_is_not_loaded(relay_server_factory):
+    server = relay_server_factory(env={"RELAY_DISABLE_PLUGINS": "sse"})
+    assert "sse" not in server.health()["components"]
+    status, headers, _ = http_request(f"{server.url}/events/x")
+    allow = {k.lower(): v for k, v in headers.items()}["allow"]
+    assert status == 405 and "GET" not in allow  # only http_publish's POST is left
+
+
+def test_every_hookspec_is_prefixed_and_documented():
+    specs = [name for name in dir(hookspecs) if name.startswith("relay_")]
+    assert specs, "no hookspecs found"
+    for name in specs:
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert len(textwrap.dedent(doc).strip()) > 80, f"{name} needs a docstring a plugin author can work from"
