@@ -111,6 +111,8 @@ CORE_SECTIONS = (
             Option("plugins", list, [], "extra plugin modules to load by import name (no packaging needed)",
                    env="RELAY_PLUGINS"),
             Option("disable_plugins", list, [], "plugin names not to load", env="RELAY_DISABLE_PLUGINS"),
+            Option("hook_timeout", float, 5.0, "seconds a plugin's per-event or health hook may take before "
+                   "it is interrupted and reported", env="RELAY_HOOK_TIMEOUT", min=0.01),
             Option("log_level", str, "info", "logging level", env="RELAY_LOG_LEVEL",
                    choices=("debug", "info", "warning", "error")),
         ),

@@ -98,11 +98,14 @@ def relay_transform_event(relay: Relay, event: Event) -> Event | bool | None:
 def relay_deliver(relay: Relay, event: Event) -> None:
     """Receive every event that entered the backbone: the hook for sinks.
 
-    Called once per event, in publish order, after the event has its id. One implementation that
-    raises is logged with its plugin's name and counted; the others still receive the event.
-    Must not block: put the event on a queue of your own and deliver from another greenlet.
-    (The SSE sink does not use this hook: each browser subscribes to its channels on
-    ``relay.bus`` directly.)
+    Called once per event, in publish order, after the event has its id and has been handed to
+    the SSE clients, in the greenlet that published it; ``relay.publish`` returns after every
+    implementation has returned, so a durable sink that stores the event before returning has
+    taken responsibility for it when the publisher hears back. One implementation that raises,
+    or runs longer than ``hook_timeout`` (interrupted at its next I/O), is logged with its
+    plugin's name and counted; the others still receive the event. Keep it short: put slow work
+    (network calls) on a queue of your own and deliver from another greenlet. (The SSE sink does
+    not use this hook: each browser subscribes to its channels on ``relay.bus`` directly.)
 
     :param event: the event, with ``id`` and ``channel`` set.
     """

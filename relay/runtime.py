@@ -10,16 +10,22 @@ import logging
 import time
 from typing import Any, Iterator
 
+import gevent
 import pluggy
 
 from relay.backbone import MemoryBackbone, Replay
 from relay.bus import Bus
 from relay.config import Config
 from relay.event import Event
+from relay.source import Source
 from relay.stats import Stats
 from relay.supervisor import Supervisor
 
 log = logging.getLogger("relay")
+
+
+class HookTimeout(Exception):
+    """A plugin's hook ran longer than ``hook_timeout``."""
 
 
 class Relay:
@@ -33,9 +39,8 @@ class Relay:
         self.backbone = MemoryBackbone(self.history_size)
         self.bus = Bus(on_error=lambda receiver, exc: self.stats.incr("receiver_errors"))
         self.supervisor = Supervisor(self)
+        self.hook_timeout: float = core["hook_timeout"]
         self.state = "new"  # -> "running" -> "stopped"; a stopped relay never starts again
-        if self.plugins.hook.relay_deliver.get_hookimpls():
-            self.bus.subscribe_all(self._deliver_to_sinks)
 
     # -- the event path -----------------------------------------------------------------------
 
@@ -59,12 +64,10 @@ class Relay:
                 self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook="relay_transform_event")
         self.backbone.append(event)
         self.stats.incr("events_in", source=event.source)
-        self.bus.send(event)
-        return event
-
-    def _deliver_to_sinks(self, channel: str, event: Event) -> None:
+        self.bus.send(event)  # browsers first: a sink plugin cannot delay them
         for _ in self.call_each("relay_deliver", event=event):
             pass
+        return event
 
     def replay(self, channels: list[str], last_event_id: str) -> Replay:
         """What a client resuming after ``last_event_id`` missed: from history, else from a plugin."""
@@ -100,7 +103,10 @@ class Relay:
 
     def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
         try:
-            return True, impl.function(*[kwargs[name] for name in impl.argnames])
+            # A hook that waits longer than hook_timeout is interrupted at its next yield to the
+            # hub (any I/O under gevent); CPU-bound code cannot be interrupted.
+            with gevent.Timeout(self.hook_timeout, HookTimeout(f"took longer than {self.hook_timeout}s")):
+                return True, impl.function(*[kwargs[name] for name in impl.argnames])
         except Exception:  # noqa: BLE001 - one plugin's bug must not reach the others
             log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
             self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook=hook_name)
@@ -115,8 +121,12 @@ class Relay:
         self.state = "running"
         sources = []
         for plugin, result in self.call_each("relay_sources"):
-            for source in result or []:
-                sources.append((plugin, source))
+            for source in result if isinstance(result, (list, tuple)) else [result] if result else []:
+                if isinstance(source, Source):
+                    sources.append((plugin, source))
+                else:
+                    log.error("plugin %s: relay_sources returned %r, not a relay.Source; ignored", plugin, source)
+                    self.stats.incr("plugin_errors", plugin=plugin, hook="relay_sources")
         self.supervisor.start(sources)
         log.info("relay started: %d source(s): %s", len(sources),
                  ", ".join(s.name for _, s in sources) or "none besides HTTP")
@@ -139,6 +149,9 @@ class Relay:
         for plugin, result in self.call_each("relay_health"):
             if isinstance(result, dict):
                 components.update(result)
+            elif result is not None:
+                log.error("plugin %s: relay_health returned a %s, not a dict; ignored", plugin, type(result).__name__)
+                self.stats.incr("plugin_errors", plugin=plugin, hook="relay_health")
         down = [name for name, c in components.items() if c.get("state") == "down"]
         return {
             "status": "degraded" if down else "ok",

@@ -24,3 +24,12 @@ def test_ci_runs_the_readme_test_command():
     run, test = commands[0], commands[1]
     assert run.endswith("gunicorn -k gevent wsgi:app")
     assert "pytest" in test and test in (ROOT / ".ci/run").read_text()
+
+
+def test_plugin_guide_shows_the_example_files_as_they_are():
+    guide = (ROOT / "docs/writing-plugins.md").read_text()
+    example = ROOT / "examples/relay-jsonl"
+    for path in ("relay_jsonl/sink.py", "relay_jsonl/source.py", "tests/test_relay_jsonl.py"):
+        assert f"```python\n# {path}\n{(example / path).read_text()}```" in guide, f"guide out of date: {path}"
+    for path in ("relay_jsonl/sink.py", "relay_jsonl/source.py"):
+        assert len((example / path).read_text().splitlines()) < 60

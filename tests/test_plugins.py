@@ -122,3 +122,54 @@ def test_every_hookspec_is_prefixed_and_documented():
     for name in specs:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert len(textwrap.dedent(doc).strip()) > 80, f"{name} needs a docstring a plugin author can work from"
+
+
+MISBEHAVING_PLUGIN = '''
+import time
+from relay import Event, Source, hookimpl
+
+class Flaky(Source):
+    name = "flaky"
+    runs = 0
+
+    def run(self, relay):
+        Flaky.runs += 1
+        relay.publish(Event("flaky", "run", Flaky.runs, source="flaky"))
+        self.set_status("up")
+        raise ConnectionError(f"lost the broker (run {Flaky.runs})")
+
+@hookimpl
+def relay_sources():
+    return [Flaky(), "not a source"]
+
+@hookimpl
+def relay_deliver(event):
+    if event.event == "block":
+        time.sleep(60)          # cooperative under gevent: interrupted after hook_timeout
+
+@hookimpl
+def relay_health():
+    return ["garbage"]
+'''
+
+
+def test_blocking_sink_is_interrupted_and_a_dying_source_is_restarted(relay_server_factory, plugin_dir):
+    (plugin_dir / "misbehaving_plugin.py").write_text(MISBEHAVING_PLUGIN)
+    sink = plugin_dir / "sink.jsonl"
+    server = relay_server_factory({"plugins": ["good_plugin", "misbehaving_plugin"], "hook_timeout": 0.5},
+                                  env={"PYTHONPATH": str(plugin_dir), "SINK_FILE": str(sink)})
+    with server.sse("/events/p") as stream:
+        server.publish("p", "block", 1)          # returns once the blocking sink is cut off
+        assert stream.next_event(2).event == "block"
+    wait_until(lambda: sink.exists() and "block" in sink.read_text(), message="the good sink got the event")
+    with server.sse("/events/flaky", headers={"Last-Event-ID": "x"}) as stream:
+        runs = [e.json() for e in stream.events(3, 10) if e.event == "run"]
+    assert len(runs) >= 2 and runs == sorted(runs)  # restarted again and again, with backoff
+    health = server.health()
+    source = health["components"]["source:flaky"]
+    assert source["plugin"] == "misbehaving_plugin" and "lost the broker" in source["detail"]
+    errors = {(c["plugin"], c["hook"]) for c in health["counters"]["plugin_errors"]}
+    assert {("misbehaving_plugin", "relay_deliver"), ("misbehaving_plugin", "relay_sources"),
+            ("misbehaving_plugin", "relay_health")} <= errors
+    assert health["counters"]["source_failures"][0]["count"] >= 2
+    assert "took longer than 0.5s" in server.log()
