@@ -8,10 +8,14 @@ JSON body of the wrong shape. A rejected request publishes nothing.
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections import OrderedDict
 
 from flask import Blueprint, jsonify, request
 
 from relay import hookimpl
+from relay.config import Option, Section
 from relay.event import Event, InvalidEvent, check_name
 
 FIELDS = ("event", "data", "id")
@@ -26,32 +30,82 @@ def _error(status: int, error: str, message: str):
 
 
 @hookimpl
+def relay_config_sections():
+    return [Section("publish", (
+        Option("rate", float, 0.0, "publish requests per second allowed per token (or client address "
+               "without one), per worker; 0 turns the limit off", env="RELAY_PUBLISH_RATE", min=0),
+        Option("burst", int, 20, "requests allowed at once above the steady rate", env="RELAY_PUBLISH_BURST", min=1),
+    ), "HTTP publishing.")]
+
+
+class RateLimiter:
+    """A token bucket per key, in this worker; the least recently seen keys are forgotten."""
+
+    MAX_KEYS = 10_000
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def wait_time(self, key: str) -> float:
+        """0 when the request may go now (and takes a token), else the seconds until it may."""
+        now = time.monotonic()
+        tokens, at = self.buckets.pop(key, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self.buckets[key] = (tokens - 1 if not wait else tokens, now)
+        if len(self.buckets) > self.MAX_KEYS:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+@hookimpl
 def relay_init_app(app, relay):
     blueprint = Blueprint("http_publish", __name__)
+    settings = relay.config.section("publish")
+    limiter = RateLimiter(settings["rate"], settings["burst"]) if settings["rate"] else None
+
+    def refuse(status: int, error: str, message: str, reason: str):
+        relay.stats.incr("rejected", source="http", reason=reason)
+        return _error(status, error, message)
 
     @blueprint.post("/events/<channel>")
     def publish(channel: str):
+        decision = relay.authorize(request, "publish", [channel])
+        if not decision.allowed:
+            return refuse(decision.status, "unauthorized" if decision.status == 401 else "forbidden",
+                          decision.message, "unauthorized" if decision.status == 401 else "forbidden")
+        if limiter is not None:
+            wait = limiter.wait_time(decision.subject or request.remote_addr or "unknown")
+            if wait:
+                relay.stats.incr("rate_limited")
+                response, status = refuse(429, "rate_limited", f"over {settings['rate']:g} publishes per second; "
+                                          f"retry in {wait:.1f}s", "rate_limited")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response, status
         body = request.get_data(cache=False)  # over max_body_size: 413 before we see it
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return _error(400, "invalid_body", f"the body is not UTF-8: {exc}")
+            return refuse(400, "invalid_body", f"the body is not UTF-8: {exc}", "not_utf8")
         try:
             message = json.loads(text, parse_constant=_reject_constant)
         except ValueError as exc:
-            return _error(400, "invalid_json", f"the body is not valid JSON: {exc}")
+            return refuse(400, "invalid_json", f"the body is not valid JSON: {exc}", "not_json")
         if not isinstance(message, dict):
-            return _error(422, "invalid_event", f"the body must be a JSON object, got {type(message).__name__}")
+            return refuse(422, "invalid_event", f"the body must be a JSON object, got {type(message).__name__}",
+                          "wrong_shape")
         unknown = sorted(set(message) - set(FIELDS))
         if unknown:
-            return _error(422, "invalid_event", f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+            return refuse(422, "invalid_event", f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}",
+                          "wrong_shape")
         if "event" not in message:
-            return _error(422, "invalid_event", "event: is required (the SSE event name)")
+            return refuse(422, "invalid_event", "event: is required (the SSE event name)", "wrong_shape")
         try:
             check_name("channel", channel)
             event = Event(channel, message["event"], message.get("data"), id=message.get("id"), source="http")
         except InvalidEvent as exc:
-            return _error(422, "invalid_event", str(exc))
+            return refuse(422, "invalid_event", str(exc), "invalid_field")
         published = relay.publish(event)
         if published is None:
             return jsonify({"id": None, "dropped": True}), 202

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 
 import gevent
 from flask import Blueprint, Response, jsonify, request
@@ -25,6 +26,7 @@ from relay import hookimpl
 from relay.backbone import Replay
 from relay.config import Option, Section
 from relay.event import InvalidEvent, check_name
+from relay.metrics import DELIVERY_LATENCY
 from relay.sse import encode_comment, encode_event, encode_retry
 
 SECTION = "sinks.sse"
@@ -46,13 +48,16 @@ def relay_config_sections():
         Option("queue_size", int, 500, "events a client may fall behind before it is disconnected",
                env="RELAY_SSE_QUEUE_SIZE", min=1),
         Option("max_channels", int, 32, "channels one connection may subscribe to", min=1),
+        Option("max_connections", int, 10000, "open streams per worker; beyond it 503 with Retry-After",
+               env="RELAY_SSE_MAX_CONNECTIONS", min=1),
+        Option("refused_retry_after", int, 5, "seconds in the Retry-After of a refused stream", min=1),
     ), "The Server-Sent Events sink.")]
 
 
 class Client:
     """One open stream: a bounded queue fed by the bus, and the socket it is written to."""
 
-    __slots__ = ("queue", "channels", "sock", "closed", "_watcher", "__weakref__")
+    __slots__ = ("queue", "channels", "sock", "closed", "_watcher", "next_sample", "__weakref__")
 
     def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None):
         self.queue: Queue = Queue(queue_size)
@@ -60,6 +65,7 @@ class Client:
         self.sock = sock
         self.closed: str | None = None  # why: "slow", "left", "shutdown"
         self._watcher = None
+        self.next_sample = 0.0  # when this client next reports a delivery latency
 
     def offer(self, channel: str, event) -> None:
         """Bus receiver: never blocks. A full queue means the client cannot keep up."""
@@ -125,6 +131,7 @@ class Hub:
     def stream(self, client: Client, last_event_id: str | None):
         relay, bus = self.relay, self.relay.bus
         self.clients.add(client)
+        relay.stats.set("sse_clients", len(self.clients))
         try:
             # Subscribe before reading the history, so nothing falls between the two.
             for channel in client.channels:
@@ -153,6 +160,7 @@ class Hub:
             bus.unsubscribe(client.offer)
             client.stop_watching()
             self.clients.discard(client)
+            relay.stats.set("sse_clients", len(self.clients))
             if client.closed == "slow":
                 relay.stats.incr("sse_disconnected_slow")
                 log.info("disconnected a client that fell %d events behind on %s",
@@ -160,6 +168,7 @@ class Hub:
 
     def _live(self, client: Client, replayed: set[str]):
         queue, heartbeat = client.queue, self.settings["heartbeat"]
+        oldest = None
         while True:
             try:
                 item = queue.get(timeout=heartbeat)
@@ -181,11 +190,22 @@ class Hub:
                         replayed = set()  # live events are in order: no more overlap
                 if item is not None:
                     frames.append(item.frame)
+                    oldest = oldest or item
                 if queue.empty():
                     break
                 item = queue.get_nowait()
             if frames:
                 yield b"".join(frames)
+                self._sample_latency(client, oldest)
+                oldest = None
+
+    @staticmethod
+    def _sample_latency(client: Client, event) -> None:
+        # One observation per client per second keeps the histogram off the hot path.
+        now = time.time()
+        if now >= client.next_sample:
+            client.next_sample = now + 1.0
+            DELIVERY_LATENCY.observe(max(0.0, now - event.timestamp))
 
     def close_all(self, reason: str) -> None:
         for client in list(self.clients):
@@ -211,6 +231,19 @@ def relay_init_app(app, relay):
                 check_name("channel", channel)
         except InvalidEvent as exc:
             return _error(400, str(exc))
+        decision = relay.authorize(request, "subscribe", channels)
+        if not decision.allowed:  # 401/403 also tell EventSource to stop reconnecting
+            return jsonify({"error": "unauthorized" if decision.status == 401 else "forbidden",
+                            "message": decision.message}), decision.status
+        if len(hub.clients) >= hub.settings["max_connections"]:
+            relay.stats.incr("sse_refused")
+            log.warning("refused a stream: %d connections is this worker's limit (sinks.sse.max_connections)",
+                        hub.settings["max_connections"])
+            response = jsonify({"error": "too_many_connections",
+                                "message": "this worker has reached its stream limit; retry later"})
+            response.status_code = 503
+            response.headers["Retry-After"] = str(hub.settings["refused_retry_after"])
+            return response
         last_event_id = request.headers.get("Last-Event-ID", request.args.get("lastEventId"))
         if last_event_id == "":
             last_event_id = None  # an empty id resets the client: it starts fresh

@@ -15,18 +15,28 @@ under the ``relay`` entry-point group of its distribution::
     def relay_deliver(event):
         print("delivered", event.channel, event.event, event.id)
 
-Run it with ``gunicorn -k gevent wsgi:app``; the app is built by :func:`create_app`.
+Run it with ``gunicorn -k gevent wsgi:app``; the app is built by :func:`create_app`. See
+docs/writing-plugins.md for a complete source and sink, and docs/hooks.md for every hook.
 """
 
 import pluggy
-
-from relay.event import Event, InvalidEvent
-from relay.source import Source
 
 hookimpl = pluggy.HookimplMarker("relay")
 
 __all__ = ["hookimpl", "create_app", "Event", "InvalidEvent", "Source"]
 __version__ = "0.1.0"
+
+# Everything else loads on first use: gunicorn's arbiter imports relay.gunicorn_config, and must
+# not import ssl, gevent or prometheus_client before the workers fork and monkey-patch.
+_LAZY = {"Event": "relay.event", "InvalidEvent": "relay.event", "Source": "relay.source"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'relay' has no attribute {name!r}")
 
 
 def create_app(config=None):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Mapping
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from relay.metrics import exposition
 from relay.config import CORE_SECTIONS, Config, ConfigError, load_config, raw_config
 from relay.plugins import get_plugin_manager
 from relay.runtime import Relay
@@ -41,7 +43,21 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
 
     @app.get("/healthz")
     def healthz():
+        """The process is alive: always 200, with every component's state."""
         return jsonify(relay.health())
+
+    @app.get("/readyz")
+    def readyz():
+        """Ready for traffic: 503 while any component (a source, a sink) is not up."""
+        health = relay.health()
+        waiting = {name: c for name, c in health["components"].items() if c.get("state") not in ("up", "ok")}
+        body = {"ready": not waiting, "components": health["components"]}
+        return jsonify(body), 503 if waiting else 200
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        text, content_type = exposition()
+        return Response(text, content_type=content_type)
 
     @app.before_request
     def start_sources_if_no_server_hook_did():
@@ -62,14 +78,32 @@ def _early_list(raw: Mapping[str, Any], key: str) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, worker (pid), message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(), "logger": record.name, "worker": record.process,
+                "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
 def _configure_logging(settings: Config) -> None:
+    core = settings.section("")
     logger = logging.getLogger("relay")
-    logger.setLevel(settings.section("")["log_level"].upper())
-    if not logger.handlers:
+    logger.setLevel(core["log_level"].upper())
+    handler = next((h for h in logger.handlers if getattr(h, "relay_handler", False)), None)
+    if handler is None:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+        handler.relay_handler = True
         logger.addHandler(handler)
         logger.propagate = False
+    if core["log_format"] == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s [worker %(process)d] %(levelname)s %(name)s: %(message)s"))
 
 
 def _init_cors(app: Flask, origins: list[str]) -> None:
@@ -97,6 +131,7 @@ def _init_errors(app: Flask) -> None:
     def json_error(exc: HTTPException):
         body = {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
         if exc.code == 413:
+            app.extensions["relay"].stats.incr("rejected", source="http", reason="too_large")
             limit = app.config["MAX_CONTENT_LENGTH"]
             body["message"] = f"the body is larger than max_body_size ({limit} bytes)"
         response = jsonify(body)

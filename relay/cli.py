@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--bind", help="address:port (default RELAY_BIND or 127.0.0.1:8000)")
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate RELAY_CONFIG and RELAY_* variables")
-    check.set_defaults(func=lambda args: 0 if check_config() else 1)
+    check.add_argument("--quiet", action="store_true", help="print only problems")
+    check.set_defaults(func=lambda args: 0 if check_config(quiet=args.quiet) else 1)
     plugins = commands.add_parser("plugins", help="list loaded plugins and the hooks they implement")
     plugins.set_defaults(func=_plugins)
     publish = commands.add_parser("publish", help="publish one event over HTTP")
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("data", nargs="?", help="JSON, or text sent as a string")
     publish.add_argument("--url", default=os.environ.get("RELAY_URL", "http://127.0.0.1:8000"))
     publish.set_defaults(func=_publish)
+    from plugins.webhooks.cli import add_command as add_webhooks_command  # the webhook sink's admin CLI
+
+    add_webhooks_command(commands)
     args = parser.parse_args(argv)
     return args.func(args)
 

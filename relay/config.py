@@ -113,6 +113,8 @@ CORE_SECTIONS = (
             Option("disable_plugins", list, [], "plugin names not to load", env="RELAY_DISABLE_PLUGINS"),
             Option("hook_timeout", float, 5.0, "seconds a plugin's per-event or health hook may take before "
                    "it is interrupted and reported", env="RELAY_HOOK_TIMEOUT", min=0.01),
+            Option("log_format", str, "plain", "log lines as plain text or one JSON object each",
+                   env="RELAY_LOG_FORMAT", choices=("plain", "json")),
             Option("log_level", str, "info", "logging level", env="RELAY_LOG_LEVEL",
                    choices=("debug", "info", "warning", "error")),
         ),

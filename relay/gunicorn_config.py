@@ -6,7 +6,10 @@ Environment: ``RELAY_BIND`` (default ``127.0.0.1:8000``), ``RELAY_WORKERS`` (def
 
 import os
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 
 bind = os.environ.get("RELAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RELAY_WORKERS", "1"))
@@ -20,12 +23,39 @@ graceful_timeout = int(os.environ.get("RELAY_GRACEFUL_TIMEOUT", "10"))
 
 
 def on_starting(server):
-    """Check the configuration once in the arbiter, so a bad key stops start-up with its name."""
-    from relay.cli import check_config
-
-    if not check_config(quiet=True):
+    """Check the configuration before any worker starts, so a bad key stops start-up with its name."""
+    os.environ["RELAY_BIND"] = ",".join(server.cfg.bind)  # what relay checks, e.g. for open publishing
+    # In a child process: the arbiter must not import the app (and with it ssl, redis, kafka)
+    # before the workers fork and gevent monkey-patches them.
+    check = subprocess.run([sys.executable, "-m", "relay", "check-config", "--quiet"], timeout=120)
+    if check.returncode != 0:
         sys.exit(1)
+    _prepare_metrics_directory()
     _raise_open_file_limit()
+
+
+def _prepare_metrics_directory():
+    # prometheus-client's multiprocess mode: every worker writes its figures here and /metrics
+    # adds them up. It must be set before prometheus_client is imported, and start empty.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(path).startswith("relay-metrics-"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _raise_open_file_limit():

@@ -19,6 +19,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from flask import Flask
 
+    from relay.auth import Decision
     from relay.backbone import Replay
     from relay.config import Section
     from relay.event import Event
@@ -77,6 +78,28 @@ def relay_sources(relay: Relay) -> list[Source]:
 
 
 # --------------------------------------------------------------------------------------------
+# Every request: who may publish and subscribe
+# --------------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def relay_authorize(relay: Relay, request: Any, action: str, channels: list[str]) -> Decision | None:
+    """Decide whether a request may publish to, or subscribe to, some channels.
+
+    Called for every ``POST /events/<channel>`` (``action="publish"``) and every stream
+    (``action="subscribe"``, with all its channels), in the request's greenlet, before anything
+    is published or subscribed. Stops at first non-None result; when no plugin answers, the
+    request is allowed (the embedded default is open). The built-in ``jwt_auth`` plugin answers
+    whenever ``[auth]`` has a key.
+
+    :param request: the Flask request: headers, cookies, query arguments, remote address.
+    :param action: ``"publish"`` or ``"subscribe"``.
+    :param channels: the channel names asked for.
+    :return: a :class:`relay.auth.Decision` (``Decision.allow(subject)`` or
+        ``Decision.deny(401 | 403, message)``), or ``None`` for no opinion.
+    """
+
+
+# --------------------------------------------------------------------------------------------
 # Every event: in the publishing greenlet, must not block
 # --------------------------------------------------------------------------------------------
 
@@ -106,6 +129,30 @@ def relay_deliver(relay: Relay, event: Event) -> None:
     plugin's name and counted; the others still receive the event. Keep it short: put slow work
     (network calls) on a queue of your own and deliver from another greenlet. (The SSE sink does
     not use this hook: each browser subscribes to its channels on ``relay.bus`` directly.)
+
+    :param event: the event, with ``id`` and ``channel`` set.
+    """
+
+
+@hookspec
+def relay_deliver_durable(relay: Relay, event: Event) -> None:
+    """Take responsibility for an event from a source that delivers at least once.
+
+    Implement this in sinks that must not lose events (webhooks). A durable source (Kafka with a
+    ``group_id``) reads each broker message once per cluster, through a consumer group, and
+    calls this hook for it in its own greenlet, after the transforms and with the same ``id``
+    the SSE clients see. It commits its broker position past the event only once every
+    implementation has returned for it and for every event before it. So: return only after
+    the event is stored where a crash cannot lose it, and raise to refuse it; an implementation
+    that raises or runs longer than ``hook_timeout`` is logged and counted, and the source
+    offers it the same event again after a backoff (the sinks that took it are not asked
+    again by that worker). After a crash or rebalance, events after the last commit come
+    again: deduplicate by ``event.id`` when that matters.
+
+    For the sources listed in ``relay.durable_sources``, relay does not call
+    :func:`relay_deliver` of a plugin that implements this hook: it gets those events here, once,
+    instead of once per worker. Events from other sources (HTTP, Redis) still come through
+    ``relay_deliver``. May block on storage I/O, but never on the hub.
 
     :param event: the event, with ``id`` and ``channel`` set.
     """

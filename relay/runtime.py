@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import gevent
 import pluggy
 
+from relay.auth import Decision
 from relay.backbone import MemoryBackbone, Replay
 from relay.bus import Bus
 from relay.config import Config
@@ -40,6 +41,9 @@ class Relay:
         self.bus = Bus(on_error=lambda receiver, exc: self.stats.incr("receiver_errors"))
         self.supervisor = Supervisor(self)
         self.hook_timeout: float = core["hook_timeout"]
+        # Sources whose events durable sinks take through relay_deliver_durable (e.g. Kafka in
+        # group mode); relay_deliver then skips those sinks for these events.
+        self.durable_sources: set[str] = set()
         self.state = "new"  # -> "running" -> "stopped"; a stopped relay never starts again
 
     # -- the event path -----------------------------------------------------------------------
@@ -49,6 +53,25 @@ class Relay:
 
         Returns the event as delivered, or ``None`` when a transform dropped it.
         """
+        event = self.transform(event)
+        if event is None:
+            return None
+        self.backbone.append(event)
+        self.stats.incr("events_in", source=event.source)
+        receivers = self.bus.send(event)  # browsers first: a sink plugin cannot delay them
+        if receivers:
+            self.stats.incr("events_out", receivers, sink="sse")
+        skip = self.durable_sinks() if event.source in self.durable_sources else ()
+        for impl in self._impls("relay_deliver"):
+            if impl.plugin_name in skip:
+                continue  # it takes this source's events through relay_deliver_durable
+            ok, _ = self._call(impl, "relay_deliver", {"relay": self, "event": event})
+            if ok:
+                self.stats.incr("events_out", sink=impl.plugin_name)
+        return event
+
+    def transform(self, event: Event) -> Event | None:
+        """Run the ``relay_transform_event`` chain: the event to deliver, or ``None`` if dropped."""
         for impl in self._impls("relay_transform_event"):
             ok, result = self._call(impl, "relay_transform_event", {"relay": self, "event": event})
             if not ok or result is None:
@@ -62,12 +85,27 @@ class Relay:
                 log.error("plugin %s: relay_transform_event returned a %s; expected None, False or an Event",
                           impl.plugin_name, type(result).__name__)
                 self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook="relay_transform_event")
-        self.backbone.append(event)
-        self.stats.incr("events_in", source=event.source)
-        self.bus.send(event)  # browsers first: a sink plugin cannot delay them
-        for _ in self.call_each("relay_deliver", event=event):
-            pass
         return event
+
+    def durable_sinks(self) -> list[str]:
+        """Names of the plugins that implement ``relay_deliver_durable``."""
+        return [impl.plugin_name for impl in self._impls("relay_deliver_durable")]
+
+    def deliver_durable(self, event: Event, sinks: set[str] | None = None) -> set[str]:
+        """Offer ``event`` to the durable sinks (all, or those named in ``sinks``).
+
+        Returns the names of the sinks that took responsibility for it (returned without
+        raising). A sink that raised is logged and counted; the caller offers the event again.
+        """
+        taken = set()
+        for impl in self._impls("relay_deliver_durable"):
+            if sinks is not None and impl.plugin_name not in sinks:
+                continue
+            ok, _ = self._call(impl, "relay_deliver_durable", {"relay": self, "event": event})
+            if ok:
+                taken.add(impl.plugin_name)
+                self.stats.incr("events_out", sink=impl.plugin_name)
+        return taken
 
     def replay(self, channels: list[str], last_event_id: str) -> Replay:
         """What a client resuming after ``last_event_id`` missed: from history, else from a plugin."""
@@ -82,6 +120,15 @@ class Relay:
             self.stats.incr("plugin_errors", hook="relay_replay")
             replay = None
         return replay if isinstance(replay, Replay) else Replay([], complete=False, reason="unknown-id")
+
+    def authorize(self, request: Any, action: str, channels: list[str]) -> Decision:
+        """Ask the ``relay_authorize`` plugins; allowed when none has an opinion."""
+        decision = self.plugins.hook.relay_authorize(relay=self, request=request, action=action, channels=channels)
+        if decision is None:
+            return Decision.allow()
+        if not isinstance(decision, Decision):
+            raise TypeError(f"relay_authorize returned {decision!r}, not a relay.auth.Decision")
+        return decision
 
     # -- calling plugins with fault isolation ---------------------------------------------------
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import gevent.event
 
+from relay import metrics
+
 if TYPE_CHECKING:  # pragma: no cover
     from relay.runtime import Relay
 
@@ -40,3 +42,4 @@ class Source:
             level = logging.WARNING if status == "down" else logging.INFO
             self.log.log(level, "source %s is %s%s", self.name, status, f": {detail}" if detail else "")
         self.status, self.detail = status, detail
+        metrics.GAUGES["source_up"].labels(source=self.name).set(1 if status == "up" else 0)
