@@ -15,6 +15,7 @@ from collections import OrderedDict
 from flask import Blueprint, jsonify, request
 
 from relay import hookimpl
+from relay.backbone import BackboneUnavailable
 from relay.config import Option, Section
 from relay.event import Event, InvalidEvent, check_name
 
@@ -106,7 +107,15 @@ def relay_init_app(app, relay):
             event = Event(channel, message["event"], message.get("data"), id=message.get("id"), source="http")
         except InvalidEvent as exc:
             return refuse(422, "invalid_event", str(exc), "invalid_field")
-        published = relay.publish(event)
+        try:
+            published = relay.publish(event, broadcast=True)  # every worker's clients must see it
+        except InvalidEvent as exc:
+            return refuse(422, "invalid_event", str(exc), "invalid_field")
+        except BackboneUnavailable as exc:
+            response, status = refuse(503, "backbone_unavailable", f"the event was not published: {exc}",
+                                      "backbone_unavailable")
+            response.headers["Retry-After"] = "1"
+            return response, status
         if published is None:
             return jsonify({"id": None, "dropped": True}), 202
         return jsonify({"id": published.id, "channel": published.channel}), 202

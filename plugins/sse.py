@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 
@@ -252,6 +253,7 @@ def relay_init_app(app, relay):
         response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
+        response.headers["X-Relay-Worker"] = str(os.getpid())  # which worker serves it, for operators
         return response
 
     @blueprint.get("/events/<channel>")

@@ -30,6 +30,7 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
     for declared in pm.hook.relay_config_sections():
         sections.extend(declared or [])
     settings = load_config(raw, sections, source)
+    _check_workers(settings)
     _configure_logging(settings)
 
     app = Flask("relay")
@@ -66,6 +67,15 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
 
     pm.hook.relay_init_app(app=app, relay=relay)
     return app
+
+
+def _check_workers(settings: Config) -> None:
+    # RELAY_WORKERS is set by gunicorn.conf.py from gunicorn's own worker count.
+    workers = os.environ.get("RELAY_WORKERS", "1")
+    if settings.section("")["backbone"] == "memory" and workers.isdigit() and int(workers) > 1:
+        raise ConfigError([f"backbone: 'memory' serves a single worker, and {workers} workers are configured; "
+                           "events published to one would never reach the others' clients. Configure "
+                           "backbone = 'redis://host:port/db' (RELAY_BACKBONE) or run one worker"])
 
 
 def _early_list(raw: Mapping[str, Any], key: str) -> list[str]:

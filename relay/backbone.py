@@ -43,10 +43,38 @@ class Replay:
     reason: str = ""
 
 
-class MemoryBackbone:
-    """Bounded per-channel history in this process; the default backbone."""
+class BackboneUnavailable(RuntimeError):
+    """The shared backbone cannot take events right now (e.g. Redis is down): retry later."""
 
-    def __init__(self, history_size: int, max_channels: int = 10_000):
+
+class Backbone:
+    """Where events meet: gives each its id and delivers it to the workers that should see it.
+
+    A backbone plugin (``relay_backbone``) subclasses this. ``publish`` must end, in every
+    worker that should see the event, in exactly one call of the ``deliver`` function it was
+    given (``Relay.deliver``).
+    """
+
+    def publish(self, event: Event, broadcast: bool) -> Event:
+        raise NotImplementedError
+
+    def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
+        """Events after ``last_event_id`` on ``channels``; ``None`` when the id is unknown here."""
+        raise NotImplementedError
+
+    def sources(self) -> list:
+        """Greenlets the backbone needs (readers), as :class:`relay.source.Source` objects."""
+        return []
+
+    def stats(self) -> dict:
+        return {}
+
+
+class MemoryBackbone(Backbone):
+    """Bounded per-channel history in this process; the default backbone, for one worker."""
+
+    def __init__(self, history_size: int, max_channels: int = 10_000, deliver=None):
+        self.deliver = deliver
         self.history_size = history_size
         self.max_channels = max_channels
         self.boot = _base36(time.time_ns() // 1_000_000)
@@ -55,6 +83,16 @@ class MemoryBackbone:
         self._evicted: dict[str, int] = {}  # per channel: the highest seq dropped from its history
         self._forgotten = 0  # the highest seq of any channel whose whole history was dropped
         self._by_id: dict[str, int] = {}  # ids not assigned here -> seq
+
+    def publish(self, event: Event, broadcast: bool = False) -> Event:
+        """Number, remember and deliver at once: in one process every event is local."""
+        return self.publish_local(event, self.deliver)
+
+    def publish_local(self, event: Event, deliver) -> Event:
+        self.append(event)
+        if deliver is not None:
+            deliver(event)
+        return event
 
     def append(self, event: Event) -> Event:
         """Number the event, give it an id if it has none, and keep it in its channel's history."""
@@ -99,7 +137,6 @@ class MemoryBackbone:
         return self._by_id.get(event_id)
 
     def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
-        """Events after ``last_event_id`` on ``channels``; ``None`` when the id is unknown here."""
         after = self.position(last_event_id)
         if after is None:
             return None

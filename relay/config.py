@@ -95,12 +95,19 @@ def _check_origins(origins: list[str]) -> str | None:
     return None
 
 
+def _check_backbone(url: str) -> str | None:
+    if url == "memory" or url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return f"{url!r} is not allowed; allowed: 'memory' or a Redis URL ('redis://host:port/db')"
+
+
 CORE_SECTIONS = (
     Section(
         "",
         (
-            Option("backbone", str, "memory", "where events meet: the in-memory backbone of this process",
-                   env="RELAY_BACKBONE", choices=("memory",)),
+            Option("backbone", str, "memory", "where events meet: 'memory' (this process only, one worker) or "
+                   "'redis://host:port/db' (Redis Streams, any number of workers and hosts)",
+                   env="RELAY_BACKBONE", check=_check_backbone),
             Option("history_size", int, 1000, "events kept per channel for Last-Event-ID resume",
                    env="RELAY_HISTORY_SIZE", min=0),
             Option("max_body_size", int, 65536, "largest accepted publish body, in bytes",
@@ -123,7 +130,7 @@ CORE_SECTIONS = (
 )
 
 
-NAMESPACES = ("sources", "sinks")  # tables that only hold plugins' sections
+NAMESPACES = ("sources", "sinks", "backbones")  # tables that only hold plugins' sections
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:

@@ -25,6 +25,7 @@ graceful_timeout = int(os.environ.get("RELAY_GRACEFUL_TIMEOUT", "10"))
 def on_starting(server):
     """Check the configuration before any worker starts, so a bad key stops start-up with its name."""
     os.environ["RELAY_BIND"] = ",".join(server.cfg.bind)  # what relay checks, e.g. for open publishing
+    os.environ["RELAY_WORKERS"] = str(server.cfg.workers)  # the memory backbone serves only one
     # In a child process: the arbiter must not import the app (and with it ssl, redis, kafka)
     # before the workers fork and gevent monkey-patches them.
     check = subprocess.run([sys.executable, "-m", "relay", "check-config", "--quiet"], timeout=120)

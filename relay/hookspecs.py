@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from flask import Flask
 
     from relay.auth import Decision
-    from relay.backbone import Replay
+    from relay.backbone import Backbone, Replay
     from relay.config import Section
     from relay.event import Event
     from relay.runtime import Relay
@@ -49,6 +49,22 @@ def relay_config_sections() -> list[Section]:
 # --------------------------------------------------------------------------------------------
 # Start-up: once per worker process
 # --------------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def relay_backbone(relay: Relay, url: str) -> Backbone | None:
+    """Provide the backbone named by the ``backbone`` setting, when it is not ``"memory"``.
+
+    Called once per ``create_app``, in the process that will serve requests, when the runtime is
+    built (before ``relay_init_app``). Return ``None`` for URLs that are not yours. The backbone
+    gives every event its id and delivers it to every worker that should see it by calling
+    ``relay.deliver(event)`` once per event in each; its readers are returned by
+    :meth:`relay.backbone.Backbone.sources` and supervised like sources. Do not connect here.
+    Stops at first non-None result.
+
+    :param url: the ``backbone`` setting, e.g. ``"redis://127.0.0.1:6379/0"``.
+    :return: a :class:`relay.backbone.Backbone`, or ``None``.
+    """
+
 
 @hookspec
 def relay_init_app(app: Flask, relay: Relay) -> None:

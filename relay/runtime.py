@@ -14,9 +14,9 @@ import gevent
 import pluggy
 
 from relay.auth import Decision
-from relay.backbone import MemoryBackbone, Replay
+from relay.backbone import Backbone, MemoryBackbone, Replay
 from relay.bus import Bus
-from relay.config import Config
+from relay.config import Config, ConfigError
 from relay.event import Event
 from relay.source import Source
 from relay.stats import Stats
@@ -37,7 +37,7 @@ class Relay:
         self.extensions: dict[str, Any] = {}  # per-app state of plugins, by plugin name
         core = config.section("")
         self.history_size: int = core["history_size"]
-        self.backbone = MemoryBackbone(self.history_size)
+        self.backbone = self._make_backbone(core["backbone"])
         self.bus = Bus(on_error=lambda receiver, exc: self.stats.incr("receiver_errors"))
         self.supervisor = Supervisor(self)
         self.hook_timeout: float = core["hook_timeout"]
@@ -46,18 +46,40 @@ class Relay:
         self.durable_sources: set[str] = set()
         self.state = "new"  # -> "running" -> "stopped"; a stopped relay never starts again
 
+    def _make_backbone(self, url: str) -> Backbone:
+        if url == "memory":
+            return MemoryBackbone(self.history_size, deliver=self.deliver)
+        backbone = self.plugins.hook.relay_backbone(relay=self, url=url)
+        if backbone is None:
+            raise ConfigError([f"backbone: no loaded plugin provides a backbone for {url!r}; "
+                               "allowed: 'memory' or 'redis://…'"])
+        return backbone
+
     # -- the event path -----------------------------------------------------------------------
 
-    def publish(self, event: Event) -> Event | None:
-        """Run the transforms, give the event its place and id, hand it to every subscriber.
+    def publish(self, event: Event, broadcast: bool = False) -> Event | None:
+        """Run the transforms, then give the event to the backbone, which gives it its id.
 
-        Returns the event as delivered, or ``None`` when a transform dropped it.
+        :param broadcast: ``True`` for an event that arrived in this worker only (an HTTP
+            publish): the backbone carries it to every worker. ``False`` (sources) for an event
+            that every worker receives from its own connection to the broker: it is delivered
+            in this worker only.
+        :return: the event with its id, or ``None`` when a transform dropped it. With the
+            in-memory backbone it has been delivered when this returns; with a shared backbone
+            it is stored and on its way.
+        :raises InvalidEvent: when the backbone cannot take it (e.g. a publisher-chosen id).
         """
         event = self.transform(event)
         if event is None:
             return None
-        self.backbone.append(event)
         self.stats.incr("events_in", source=event.source)
+        return self.backbone.publish(event, broadcast)
+
+    def deliver(self, event: Event) -> None:
+        """Hand an event the backbone has numbered to this worker's subscribers and sinks.
+
+        Called by the backbone, exactly once per event in each worker that should see it.
+        """
         receivers = self.bus.send(event)  # browsers first: a sink plugin cannot delay them
         if receivers:
             self.stats.incr("events_out", receivers, sink="sse")
@@ -68,7 +90,6 @@ class Relay:
             ok, _ = self._call(impl, "relay_deliver", {"relay": self, "event": event})
             if ok:
                 self.stats.incr("events_out", sink=impl.plugin_name)
-        return event
 
     def transform(self, event: Event) -> Event | None:
         """Run the ``relay_transform_event`` chain: the event to deliver, or ``None`` if dropped."""
@@ -174,6 +195,7 @@ class Relay:
                 else:
                     log.error("plugin %s: relay_sources returned %r, not a relay.Source; ignored", plugin, source)
                     self.stats.incr("plugin_errors", plugin=plugin, hook="relay_sources")
+        sources[:0] = [("core", source) for source in self.backbone.sources()]
         self.supervisor.start(sources)
         log.info("relay started: %d source(s): %s", len(sources),
                  ", ".join(s.name for _, s in sources) or "none besides HTTP")

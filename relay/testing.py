@@ -294,8 +294,10 @@ class RelayServer:
             self.env["RELAY_CONFIG"] = str(config_path)
         self.env.update(env or {})
         self.process: subprocess.Popen | None = None
+        self.workers = workers
 
     def start(self, timeout: float = 20.0) -> RelayServer:
+        self.started_before = self.log().count("relay started")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_config", "relay.wsgi_app:app"],
@@ -307,7 +309,8 @@ class RelayServer:
                 raise RuntimeError(f"relay exited with {self.process.returncode}:\n{self.log()}")
             try:
                 status, _, _ = http_request(f"{self.url}/healthz", timeout=1)
-                if status == 200:
+                # Every worker logs "relay started" once its sources run: wait for all of them.
+                if status == 200 and self.log().count("relay started") >= self.started_before + self.workers:
                     return self
             except OSError:
                 pass
