@@ -11,7 +11,8 @@ Fixtures:
     after the test.
 
 Helpers: :class:`RelayServer`, :class:`SSEClient` (a WHATWG-conformant ``text/event-stream``
-reader over real HTTP), :func:`publish`, :func:`free_port`, :func:`wait_until`.
+reader over real HTTP), :func:`follow` (reads like EventSource, reconnecting with
+``Last-Event-ID``), :func:`publish`, :func:`free_port`, :func:`wait_until`.
 """
 
 from __future__ import annotations
@@ -269,6 +270,45 @@ class SSEClient:
         self.close()
 
 
+def follow(url: str, count: int, timeout: float = 30.0, headers: dict[str, str] | None = None,
+           on_reconnect: Callable[[int], None] | None = None) -> list[SSEEvent]:
+    """Read ``count`` events like a browser's EventSource: when the stream ends or the server is
+    gone, wait the ``retry`` time and reconnect with ``Last-Event-ID``. Fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    events: list[SSEEvent] = []
+    last_id, retry, reconnects = None, 0.2, 0
+    while len(events) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(events)} of {count} events within {timeout}s "
+                                 f"({reconnects} reconnects)")
+        try:
+            extra = {"Last-Event-ID": last_id} if last_id else {}
+            stream = SSEClient(url, {**(headers or {}), **extra}, timeout=5)
+        except OSError:
+            time.sleep(retry)
+            continue
+        try:
+            if stream.status != 200:
+                time.sleep(retry)
+                continue
+            while len(events) < count and time.monotonic() < deadline:
+                try:
+                    event = stream.next_event(min(5.0, max(0.01, deadline - time.monotonic())))
+                except (AssertionError, OSError):
+                    break  # the stream ended (shutdown) or stalled: reconnect
+                events.append(event)
+                last_id = event.id or last_id
+            retry = (stream.retry or 200) / 1000
+        finally:
+            stream.close()
+        if len(events) < count:
+            reconnects += 1
+            if on_reconnect:
+                on_reconnect(reconnects)
+            time.sleep(retry)
+    return events
+
+
 def _write_toml(config: dict, path: Path) -> None:
     import tomli_w
 
@@ -301,7 +341,8 @@ class RelayServer:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_config", "relay.wsgi_app:app"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory)
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+            start_new_session=True)  # its own process group, so kill() takes the workers too
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -337,7 +378,10 @@ class RelayServer:
             return self.process.wait(5)
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        """SIGKILL the arbiter and its workers at once, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
     def restart(self) -> RelayServer:
         self.stop()
