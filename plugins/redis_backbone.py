@@ -137,9 +137,11 @@ class RedisBackbone(Backbone):
         return event  # delivered when the announcement comes back, here as on every worker
 
     def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
-        replay = self.memory.replay(channels, last_event_id, limit)
-        if replay is not None or not STREAM_ID.match(last_event_id):
-            return replay
+        return self.memory.replay(channels, last_event_id, limit)
+
+    def replay_stored(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
+        if not STREAM_ID.match(last_event_id):
+            return None
         try:
             return self._replay_from_streams(channels, last_event_id, limit)
         except CONNECTION_ERRORS as exc:

@@ -62,6 +62,11 @@ class Backbone:
         """Events after ``last_event_id`` on ``channels``; ``None`` when the id is unknown here."""
         raise NotImplementedError
 
+    def replay_stored(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
+        """Like :meth:`replay`, from durable storage; asked after the ``relay_replay`` plugins,
+        so a source whose ids look alike (Redis Streams) answers for its own ids first."""
+        return None
+
     def sources(self) -> list:
         """Greenlets the backbone needs (readers), as :class:`relay.source.Source` objects."""
         return []

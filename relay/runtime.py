@@ -11,6 +11,7 @@ import time
 from typing import Any, Iterator
 
 import gevent
+import gevent.event
 import pluggy
 
 from relay.auth import Decision
@@ -23,6 +24,7 @@ from relay.stats import Stats
 from relay.supervisor import Supervisor
 
 log = logging.getLogger("relay")
+STOP_WAIT = 15.0  # seconds a second stop() call waits for the first one to finish
 
 
 class HookTimeout(Exception):
@@ -45,6 +47,7 @@ class Relay:
         # group mode); relay_deliver then skips those sinks for these events.
         self.durable_sources: set[str] = set()
         self.state = "new"  # -> "running" -> "stopped"; a stopped relay never starts again
+        self._stopped = gevent.event.Event()  # set when stop() has finished
 
     def _make_backbone(self, url: str) -> Backbone:
         if url == "memory":
@@ -140,6 +143,8 @@ class Relay:
             log.exception("relay_replay failed for id %r", last_event_id)
             self.stats.incr("plugin_errors", hook="relay_replay")
             replay = None
+        if replay is None:
+            replay = self.backbone.replay_stored(channels, last_event_id, self.history_size)
         return replay if isinstance(replay, Replay) else Replay([], complete=False, reason="unknown-id")
 
     def authorize(self, request: Any, action: str, channels: list[str]) -> Decision:
@@ -201,14 +206,24 @@ class Relay:
                  ", ".join(s.name for _, s in sources) or "none besides HTTP")
 
     def stop(self) -> None:
-        """End streams, stop sources. Bounded: returns within a few seconds."""
+        """End streams, stop sources. Bounded: returns within a few seconds.
+
+        A second call while the first is under way (gunicorn's ``worker_exit`` after the worker's
+        own stop began) waits for it, so the process does not exit in the middle of it.
+        """
+        if self.state == "stopped":
+            self._stopped.wait(STOP_WAIT)
+            return
         if self.state != "running":
             return
         self.state = "stopped"
-        for _ in self.call_each("relay_shutdown"):
-            pass
-        self.supervisor.stop()
-        log.info("relay stopped")
+        try:
+            for _ in self.call_each("relay_shutdown"):
+                pass
+            self.supervisor.stop()
+            log.info("relay stopped")
+        finally:
+            self._stopped.set()
 
     def health(self) -> dict[str, Any]:
         components: dict[str, Any] = {}

@@ -125,6 +125,8 @@ class SSEClient:
             self.response_headers[name.strip().lower()] = value.strip()
         self._chunked = self.response_headers.get("transfer-encoding", "").lower() == "chunked"
         self._chunk_left = 0  # bytes left in the current chunk; -1 after the last chunk
+        length = self.response_headers.get("content-length")
+        self._length = int(length) if length is not None and not self._chunked else None
         self._buffer = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._pending_cr = False
@@ -145,6 +147,9 @@ class SSEClient:
         """Decode what is buffered of the (chunked) body; sets ``closed`` at its end."""
         if not self._chunked:
             data, self._raw = self._raw, b""
+            if self._length is not None:  # a plain answer (an error): it ends after Content-Length
+                self._length -= len(data)
+                self.closed = self._length <= 0
             return data
         out = []
         while self._raw and self._chunk_left >= 0:
