@@ -9,6 +9,7 @@ a broker position such as a Redis Streams id) keep it and are found through an i
 from __future__ import annotations
 
 import heapq
+import re
 import time
 from bisect import bisect_right
 from collections import OrderedDict, deque
@@ -41,6 +42,33 @@ class Replay:
     events: list[Event] = field(default_factory=list)
     complete: bool = True
     reason: str = ""
+
+
+_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+
+def merge_replays(replays: list[Replay], limit: int) -> Replay:
+    """One replay out of several answers for the same id (a source's log and the backbone's).
+
+    Duplicate ids are dropped; when every id is a Redis stream id (``<ms>-<seq>``) the events
+    are put in time order, else the answers follow one another. Complete only if all are.
+    """
+    seen: set[str] = set()
+    events = []
+    for replay in replays:
+        for event in replay.events:
+            if event.id not in seen:
+                seen.add(event.id)
+                events.append(event)
+    matches = [_STREAM_ID.match(e.id or "") for e in events]
+    if all(matches):
+        order = {id(e): (int(m.group(1)), int(m.group(2))) for e, m in zip(events, matches)}
+        events.sort(key=lambda e: order[id(e)])
+    complete = all(r.complete for r in replays)
+    if len(events) > limit:
+        events, complete = events[-limit:], False
+    reasons = [r.reason for r in replays if not r.complete]
+    return Replay(events, complete, reasons[0] if reasons else ("" if complete else "evicted"))
 
 
 class BackboneUnavailable(RuntimeError):

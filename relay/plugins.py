@@ -16,7 +16,7 @@ import pluggy
 from relay import hookspecs
 
 ENTRY_POINT_GROUP = "relay"
-BUILTIN_PLUGINS = ("sse", "http_publish")
+BUILTIN_PLUGINS = ("sse", "http_publish", "jwt_auth", "redis_backbone", "demo", "webhooks", "redis", "kafka")
 
 log = logging.getLogger("relay.plugins")
 

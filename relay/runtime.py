@@ -15,7 +15,7 @@ import gevent.event
 import pluggy
 
 from relay.auth import Decision
-from relay.backbone import Backbone, MemoryBackbone, Replay
+from relay.backbone import Backbone, MemoryBackbone, Replay, merge_replays
 from relay.bus import Bus
 from relay.config import Config, ConfigError
 from relay.event import Event
@@ -132,7 +132,8 @@ class Relay:
         return taken
 
     def replay(self, channels: list[str], last_event_id: str) -> Replay:
-        """What a client resuming after ``last_event_id`` missed: from history, else from a plugin."""
+        """What a client resuming after ``last_event_id`` missed: from this worker's history, else
+        from the ``relay_replay`` plugins and the backbone's storage together."""
         replay = self.backbone.replay(channels, last_event_id, self.history_size)
         if replay is not None:
             return replay
@@ -143,9 +144,13 @@ class Relay:
             log.exception("relay_replay failed for id %r", last_event_id)
             self.stats.incr("plugin_errors", hook="relay_replay")
             replay = None
-        if replay is None:
-            replay = self.backbone.replay_stored(channels, last_event_id, self.history_size)
-        return replay if isinstance(replay, Replay) else Replay([], complete=False, reason="unknown-id")
+        # A source's log and the backbone's streams may both hold events after this id (their ids
+        # can look alike): take every answer and merge them.
+        stored = self.backbone.replay_stored(channels, last_event_id, self.history_size)
+        answers = [r for r in (replay, stored) if isinstance(r, Replay)]
+        if not answers:
+            return Replay([], complete=False, reason="unknown-id")
+        return answers[0] if len(answers) == 1 else merge_replays(answers, self.history_size)
 
     def authorize(self, request: Any, action: str, channels: list[str]) -> Decision:
         """Ask the ``relay_authorize`` plugins; allowed when none has an opinion."""

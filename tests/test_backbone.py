@@ -72,3 +72,14 @@ def test_replay_is_capped_at_the_limit():
     replay = backbone.replay(["c"], events[0].id, 10)
     assert len(replay.events) == 10 and not replay.complete
     assert replay.events[-1] is events[-1]
+
+
+def test_replays_from_a_source_and_the_backbone_merge_in_time_order():
+    from relay.backbone import Replay, merge_replays
+
+    source = Replay([Event("a", "e", 1, id="100-1"), Event("a", "e", 3, id="300-0")], complete=True)
+    stored = Replay([Event("b", "e", 2, id="200-5"), Event("a", "e", 3, id="300-0")], complete=False,
+                    reason="evicted")
+    merged = merge_replays([source, stored], 10)
+    assert [e.data for e in merged.events] == [1, 2, 3]
+    assert (merged.complete, merged.reason) == (False, "evicted")

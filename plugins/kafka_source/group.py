@@ -1,0 +1,141 @@
+"""Durable delivery: a consumer group hands each record to the durable sinks, then commits.
+
+One member of the group (one worker somewhere) reads each partition. For each record, in
+partition order, it offers the event to every plugin implementing ``relay_deliver_durable``;
+the partition's offset is committed past a record only once every durable sink has taken it and
+every record before it. A sink that refuses (raises) gets the record again after a backoff; the
+partition waits for it, the others go on. After a crash or a rebalance, the records after the
+last commit are read again: at-least-once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+
+from relay.envelope import BadMessage
+from relay.source import Source
+
+from . import client
+from .broadcast import POLL_RECORDS, YIELD_EVERY
+from .records import DeadLetters, handle_bad, to_event, where
+from .settings import consumer_config
+
+POLL_MS = 200
+RETRY_FIRST = 0.5  # seconds before a refused record is offered again; doubles up to RETRY_MAX
+RETRY_MAX = 10.0
+COMMIT_EVERY = 1.0  # seconds: within a long batch, commit at least this often
+COMMIT_TIMEOUT_MS = 10_000
+
+
+class GroupSource(Source):
+    name = "kafka-group"
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        self.settings = settings
+
+    def run(self, relay) -> None:
+        from kafka import KafkaConsumer
+
+        settings = self.settings
+        dead_letters = DeadLetters(relay, settings) if settings["dead_letter_topic"] else None
+        client.reachable(settings["bootstrap_servers"])
+        consumer = client.build(KafkaConsumer, consumer_config(settings, "group", settings["group_id"]), self)
+        if consumer is None:
+            return  # stopped while connecting
+        self.taken: dict[tuple, set[str]] = {}  # (tp, offset) of a refused record -> sinks that took it
+        self.retry: dict[Any, tuple[float, float]] = {}  # paused tp -> (resume at, delay)
+        try:
+            client.bootstrap(consumer)
+            consumer.subscribe(settings["topics"])
+            next_probe = 0.0
+            while not self.stopping.is_set():
+                if time.monotonic() >= next_probe:
+                    next_probe = time.monotonic() + settings["probe_interval"]
+                    self._probe(consumer)
+                self._resume_due(consumer)
+                batch = consumer.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS)
+                done: dict[Any, int] = {}
+                last_commit = time.monotonic()
+                for tp, records in batch.items():
+                    if tp in consumer.paused() or tp not in consumer.assignment():
+                        continue  # paused meanwhile (its records come again), or revoked
+                    for n, record in enumerate(records, 1):
+                        if self.stopping.is_set() or not self._handle(relay, consumer, tp, record, dead_letters):
+                            break
+                        done[tp] = record.offset + 1
+                        if n % YIELD_EVERY == 0:
+                            gevent.sleep(0)
+                        if time.monotonic() - last_commit >= COMMIT_EVERY:  # slow sinks: fewer repeats
+                            self._commit(relay, consumer, done)
+                            done, last_commit = {}, time.monotonic()
+                    gevent.sleep(0)
+                if done:
+                    self._commit(relay, consumer, done)
+        finally:
+            client.close(consumer, self.log)
+            if dead_letters is not None:
+                dead_letters.close()
+
+    @staticmethod
+    def _commit(relay, consumer: Any, done: dict[Any, int]) -> None:
+        """Commit synchronously. A failure (rebalance, broker lost) raises: the supervisor
+        rebuilds the consumer and the group reads again from the last commit."""
+        from kafka.structs import OffsetAndMetadata
+
+        # Bounded: without a timeout kafka-python retries a commit forever while the broker is away.
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in done.items()}
+        with gevent.Timeout(COMMIT_TIMEOUT_MS / 1000 + 5, client.BrokerUnavailable("the commit got no answer")):
+            consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        relay.stats.incr("kafka_commits")
+
+    def _handle(self, relay, consumer: Any, tp: Any, record: Any, dead_letters: DeadLetters | None) -> bool:
+        """Deliver one record; False when a sink refused it (the partition then waits)."""
+        try:
+            event = to_event(record, self.settings)
+        except BadMessage as error:
+            handle_bad(relay, "kafka-group", record, error, dead_letters)
+            return True
+        event = relay.transform(event)
+        if event is None:
+            return True  # dropped by a transform: nothing to deliver
+        key = (tp, record.offset)
+        wanted = set(relay.durable_sinks()) - self.taken.get(key, set())
+        taken = relay.deliver_durable(event, wanted)
+        if taken >= wanted:
+            self.taken.pop(key, None)
+            self.retry.pop(tp, None)
+            return True
+        self.taken.setdefault(key, set()).update(taken)
+        delay = min(self.retry.get(tp, (0.0, RETRY_FIRST / 2))[1] * 2, RETRY_MAX)
+        self.retry[tp] = (time.monotonic() + delay, delay)
+        consumer.seek(tp, record.offset)
+        consumer.pause(tp)
+        relay.stats.incr("kafka_redeliveries")
+        self.log.warning("durable sink(s) %s refused the record at %s; offering it again in %.1fs",
+                         ", ".join(sorted(wanted - taken)), where(record), delay)
+        return False
+
+    def _resume_due(self, consumer: Any) -> None:
+        now = time.monotonic()
+        for tp, (due, delay) in list(self.retry.items()):
+            if tp not in consumer.assignment():
+                del self.retry[tp]
+            elif now >= due and tp in consumer.paused():
+                consumer.resume(tp)
+                self.retry[tp] = (float("inf"), delay)  # keeps the delay until the record is taken
+
+    def _probe(self, consumer: Any) -> None:
+        assigned = consumer.assignment()
+        try:
+            client.end_offsets(consumer, client.partitions(consumer, self.settings["topics"]))
+        except client.BrokerUnavailable as exc:
+            self.set_status("down", str(exc))
+            return
+        detail = f"group {self.settings['group_id']}: {len(assigned)} partition(s) assigned"
+        if self.retry:
+            detail += f", {len(self.retry)} waiting for a durable sink"
+        self.set_status("up", detail)

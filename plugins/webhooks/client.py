@@ -1,0 +1,98 @@
+"""One HTTP POST to an endpoint: pinned to SSRF-checked addresses, bounded in time and size.
+
+Plain ``http.client`` (cooperative under gevent's monkey-patching); no redirects are followed
+(a 3xx is an answer like any other, and fails the attempt), and only the first
+``response_max_bytes`` of the answer are read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+import gevent
+
+from plugins.webhooks.ssrf import AddressPolicy, RefusedAddress
+
+
+@dataclass
+class Result:
+    """What one attempt produced. ``status`` is ``None`` when no HTTP answer came."""
+
+    status: int | None = None
+    latency_ms: float = 0.0
+    error: str = ""
+    response: bytes = b""
+    retry_after: str | None = None
+    refused: bool = False  # the SSRF guard refused the address: retrying cannot help
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to an address the policy accepted, whatever the Host header says."""
+
+    def __init__(self, host: str, port: int | None, timeout: float, policy: AddressPolicy):
+        super().__init__(host, port, timeout=timeout)
+        self._policy = policy
+
+    def _connect_pinned(self) -> socket.socket:
+        last_error: OSError | None = None
+        for family, address in self._policy.resolve(self.host, self.port):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect((address, self.port))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+        raise last_error or OSError(f"could not connect to {self.host}")
+
+    def connect(self) -> None:
+        self.sock = self._connect_pinned()
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    default_port = 443
+
+    def __init__(self, host: str, port: int | None, timeout: float, policy: AddressPolicy):
+        super().__init__(host, port, timeout, policy)
+        self._context = ssl.create_default_context()
+
+    def connect(self) -> None:
+        # TLS to the pinned address, with SNI and certificate checks against the URL's host name.
+        self.sock = self._context.wrap_socket(self._connect_pinned(), server_hostname=self.host)
+
+
+def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, policy: AddressPolicy,
+         max_response: int) -> Result:
+    """POST ``body`` to ``url``; never raises for network problems, returns them in the result."""
+    parts = urllib.parse.urlsplit(url)
+    kind = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    connection = kind(parts.hostname, parts.port, timeout, policy)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    result = Result()
+    started = time.monotonic()
+    try:
+        # The socket timeout bounds each read; this bounds the whole attempt (a receiver that
+        # trickles one byte at a time would otherwise hold it forever).
+        with gevent.Timeout(timeout, TimeoutError(f"no complete answer within {timeout:g}s")):
+            connection.request("POST", path, body, {"Content-Type": "application/json", **headers})
+            response = connection.getresponse()
+            result.status = response.status
+            result.retry_after = response.getheader("Retry-After")
+            result.response = response.read(max_response) if max_response else b""
+    except RefusedAddress as exc:
+        result.error, result.refused = f"refused by the SSRF guard: {exc}", True
+    except TimeoutError as exc:
+        result.error = f"timeout: {exc or 'timed out'}"
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+        result.latency_ms = round((time.monotonic() - started) * 1000, 1)
+    return result

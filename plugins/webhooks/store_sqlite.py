@@ -1,0 +1,290 @@
+"""The embedded store: one SQLite file shared by every worker of the host.
+
+WAL mode lets the workers read while one writes. The claim that makes a delivery exactly-once
+across workers is the primary key: ``INSERT OR IGNORE`` of the same webhook-id by four workers
+leaves one row, and ``UPDATE … WHERE next_attempt_at <= now`` lets exactly one of them take it.
+
+Calls are synchronous and short (no greenlet switch happens inside one), which also makes each
+method atomic with respect to the other greenlets of the process. Every write that must survive
+a crash is committed before the method returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from plugins.webhooks.model import CANCELLED, DEAD, PENDING, SUCCEEDED, Attempt, Delivery, Endpoint
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY,
+    data TEXT NOT NULL,                  -- the endpoint's settings as JSON
+    origin TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    disabled_reason TEXT NOT NULL DEFAULT '',
+    failing_since REAL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,                 -- webhook-id: unique per (endpoint, event)
+    endpoint_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT NOT NULL DEFAULT '',
+    last_status INTEGER,
+    last_error TEXT NOT NULL DEFAULT '',
+    completed_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint_id, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (endpoint_id, created_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    status_code INTEGER,
+    latency_ms REAL NOT NULL,
+    error TEXT NOT NULL,
+    response TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, seq);
+"""
+
+_ENDPOINT_STATE = ("origin", "enabled", "disabled_reason", "failing_since")
+_DELIVERY_COLUMNS = ("id", "endpoint_id", "event_id", "channel", "event_type", "body", "created_at", "status",
+                     "attempts", "next_attempt_at", "lease_owner", "last_status", "last_error", "completed_at")
+
+
+class SQLiteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: str, synchronous: str = "full"):
+        self.path = path
+        self.synchronous = synchronous
+        self._db: sqlite3.Connection | None = None
+        self._pid = 0
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        # One connection per process, opened after fork: a connection must never cross a fork.
+        if self._db is None or self._pid != os.getpid():
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            db.executescript(SCHEMA)
+            self._db, self._pid = db, os.getpid()
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None and self._pid == os.getpid():
+            self._db.close()
+        self._db = None
+
+    def ping(self) -> None:
+        self.db.execute("SELECT 1").fetchone()
+
+    def _write(self, statements: list[tuple[str, tuple]]) -> list[int]:
+        """Run writes in one immediate transaction; returns each statement's rowcount."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [db.execute(sql, params).rowcount for sql, params in statements]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return counts
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _endpoint(row: sqlite3.Row) -> Endpoint:
+        data = json.loads(row["data"])
+        data.update({k: row[k] for k in _ENDPOINT_STATE})
+        data["enabled"] = bool(data["enabled"])
+        return Endpoint.from_dict(data)
+
+    @staticmethod
+    def _settings(endpoint: Endpoint) -> str:
+        data = endpoint.to_dict()
+        for key in _ENDPOINT_STATE:
+            data.pop(key)
+        return json.dumps(data)
+
+    def list_endpoints(self) -> list[Endpoint]:
+        rows = self.db.execute("SELECT * FROM endpoints ORDER BY id").fetchall()
+        return [self._endpoint(row) for row in rows]
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        row = self.db.execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
+        return self._endpoint(row) if row else None
+
+    def save_endpoint(self, endpoint: Endpoint) -> None:
+        """Create, or replace the settings of, an endpoint; keeps its health state if it exists."""
+        self._write([(
+            "INSERT INTO endpoints (id, data, origin, enabled, disabled_reason) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data, origin = excluded.origin",
+            (endpoint.id, self._settings(endpoint), endpoint.origin, int(endpoint.enabled),
+             endpoint.disabled_reason))])
+
+    def sync_config_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """Make the config endpoints in the store those of the configuration file."""
+        keep = {e.id for e in endpoints}
+        for endpoint in endpoints:
+            existing = self.get_endpoint(endpoint.id)
+            if existing is not None:
+                endpoint.created_at = existing.created_at
+                if self._settings(existing) == self._settings(endpoint):
+                    continue  # unchanged: no write, so four workers starting together do not contend
+            self.save_endpoint(endpoint)
+        for endpoint in self.list_endpoints():
+            if endpoint.origin == "config" and endpoint.id not in keep:
+                self.delete_endpoint(endpoint.id)
+
+    def delete_endpoint(self, endpoint_id: str) -> bool:
+        counts = self._write([
+            ("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)),
+            ("UPDATE deliveries SET status = ?, completed_at = ?, last_error = 'endpoint deleted' "
+             "WHERE endpoint_id = ? AND status = ?", (CANCELLED, time.time(), endpoint_id, PENDING)),
+        ])
+        return counts[0] > 0
+
+    def set_enabled(self, endpoint_id: str, enabled: bool, reason: str = "") -> bool:
+        # Enabling starts a fresh health record: the failure period counts from the next failure.
+        counts = self._write([("UPDATE endpoints SET enabled = ?, disabled_reason = ?, failing_since = NULL "
+                               "WHERE id = ?", (int(enabled), "" if enabled else reason, endpoint_id))])
+        return counts[0] > 0
+
+    def note_result(self, endpoint_id: str, ok: bool, now: float, disable_after: float) -> bool:
+        """Track continuous failure; disable the endpoint once it lasted ``disable_after``.
+        Returns True when this call disabled it."""
+        if ok:
+            self._write([("UPDATE endpoints SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL",
+                          (endpoint_id,))])
+            return False
+        reason = f"failing continuously for more than {disable_after:g}s"
+        counts = self._write([
+            ("UPDATE endpoints SET failing_since = ? WHERE id = ? AND failing_since IS NULL", (now, endpoint_id)),
+            ("UPDATE endpoints SET enabled = 0, disabled_reason = ? WHERE id = ? AND enabled = 1 "
+             "AND failing_since IS NOT NULL AND ? - failing_since >= ?", (reason, endpoint_id, now, disable_after)),
+        ])
+        return counts[1] > 0
+
+    # -- deliveries ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _delivery(row: sqlite3.Row) -> Delivery:
+        data = {k: row[k] for k in _DELIVERY_COLUMNS}
+        data["body"] = bytes(data["body"])
+        return Delivery(**data)
+
+    def enqueue(self, deliveries: list[Delivery]) -> int:
+        """Store new deliveries; one already stored (same webhook-id) is left as it is."""
+        if not deliveries:
+            return 0
+        sql = (f"INSERT OR IGNORE INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_DELIVERY_COLUMNS))})")
+        counts = self._write([(sql, tuple(getattr(d, c) for c in _DELIVERY_COLUMNS)) for d in deliveries])
+        return sum(counts)
+
+    def due(self, endpoint_id: str, now: float, limit: int) -> list[str]:
+        rows = self.db.execute(
+            "SELECT id FROM deliveries WHERE endpoint_id = ? AND status = ? AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at LIMIT ?", (endpoint_id, PENDING, now, limit)).fetchall()
+        return [row["id"] for row in rows]
+
+    def next_due(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = ?", (PENDING,)).fetchone()
+        return row[0]
+
+    def claim(self, delivery_id: str, owner: str, now: float, lease: float) -> Delivery | None:
+        """Take a due delivery for one attempt; ``None`` if another worker took it first."""
+        counts = self._write([(
+            "UPDATE deliveries SET lease_owner = ?, next_attempt_at = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND status = ? AND next_attempt_at <= ?", (owner, now + lease, delivery_id, PENDING, now))])
+        if not counts[0]:
+            return None
+        return self.get_delivery(delivery_id)
+
+    def finish(self, delivery: Delivery, owner: str, status: str, next_attempt_at: float,
+               attempt: Attempt) -> bool:
+        """Record an attempt and its consequence. False when the lease was lost meanwhile (the
+        attempt is still logged; another worker owns the delivery now)."""
+        completed = None if status == PENDING else time.time()
+        counts = self._write([
+            ("INSERT INTO attempts (delivery_id, endpoint_id, attempt, started_at, status_code, latency_ms, error, "
+             "response, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             (attempt.delivery_id, attempt.endpoint_id, attempt.attempt, attempt.started_at, attempt.status_code,
+              attempt.latency_ms, attempt.error, attempt.response, attempt.outcome)),
+            ("UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = '', last_status = ?, "
+             "last_error = ?, completed_at = ? WHERE id = ? AND lease_owner = ? AND status = ?",
+             (status, next_attempt_at, attempt.status_code, attempt.error, completed, delivery.id, owner, PENDING)),
+        ])
+        return counts[1] > 0
+
+    def release(self, delivery_id: str, owner: str, now: float) -> None:
+        """Give back a lease without an attempt result (shutdown): due again at once."""
+        self._write([("UPDATE deliveries SET lease_owner = '', next_attempt_at = ? WHERE id = ? AND lease_owner = ? "
+                      "AND status = ?", (now, delivery_id, owner, PENDING))])
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        row = self.db.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return self._delivery(row) if row else None
+
+    def deliveries(self, endpoint_id: str | None = None, status: str | None = None, since: float | None = None,
+                   limit: int = 100) -> list[Delivery]:
+        where, params = [], []
+        for clause, value in (("endpoint_id = ?", endpoint_id), ("status = ?", status), ("created_at >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = "SELECT * FROM deliveries" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
+        return [self._delivery(row) for row in rows]
+
+    def attempts(self, endpoint_id: str, delivery_id: str | None = None, limit: int = 100) -> list[Attempt]:
+        sql, params = "SELECT * FROM attempts WHERE endpoint_id = ?", [endpoint_id]
+        if delivery_id:
+            sql, params = sql + " AND delivery_id = ?", params + [delivery_id]
+        rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+        return [Attempt(**{k: row[k] for k in Attempt.__dataclass_fields__}) for row in rows]
+
+    def requeue(self, ids: list[str], now: float) -> int:
+        """Send these deliveries again from the first attempt (same webhook-id). Pending ones and
+        those of deleted endpoints are left alone."""
+        statements = [("UPDATE deliveries SET status = ?, attempts = 0, next_attempt_at = ?, lease_owner = '', "
+                       "completed_at = NULL WHERE id = ? AND status IN (?, ?)", (PENDING, now, i, SUCCEEDED, DEAD))
+                      for i in ids]
+        return sum(self._write(statements)) if statements else 0
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) FROM deliveries WHERE status IN (?, ?) GROUP BY status",
+                               (PENDING, DEAD)).fetchall()
+        found = {row[0]: row[1] for row in rows}
+        return {"pending": found.get(PENDING, 0), "dead": found.get(DEAD, 0)}
+
+    def prune(self, before: float) -> int:
+        counts = self._write([
+            ("DELETE FROM deliveries WHERE status != ? AND completed_at < ?", (PENDING, before)),
+            ("DELETE FROM attempts WHERE started_at < ?", (before,)),
+        ])
+        return counts[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {"store": "sqlite", "path": self.path}

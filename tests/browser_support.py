@@ -1,0 +1,253 @@
+"""Real headless Chromium for the demo's browser tests, and a throwaway redis-server.
+
+Load with ``pytest_plugins = ["browser_support"]`` in a test module. Chromium is Debian's
+``chromium`` package (``/usr/bin/chromium``, or ``RELAY_CHROMIUM``), driven by the ``playwright``
+package's sync API; playwright's own browser download is never used.
+
+Fixtures:
+
+``browser``     one Chromium for the session.
+``open_page``   ``open_page(url)`` opens the URL in a fresh context (its own cookies and cache,
+                like a second browser) and returns the page; ``page.errors`` collects uncaught
+                page errors and failed console messages. When the test fails, every page it
+                opened is saved to ``test-artifacts/<test>/page<N>.png`` with its console log.
+``demo_redis``  a redis-server on a free port for this test: ``.url``, ``.client``.
+``tcp_proxy``   ``tcp_proxy(port)`` forwards a free port to ``port``; ``.cut()`` drops every
+                connection and refuses new ones until ``.restore()``: a network outage between
+                the browser and a relay that keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from relay.testing import free_port, wait_until
+
+CHROMIUM = os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+_NETWORK_ERROR = re.compile(r"^Failed to load resource: net::ERR_")  # not an HTTP error status
+TIMEOUT_MS = 10_000  # the longest any single DOM wait may take
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember a failed setup or call, so ``open_page`` saves screenshots at teardown."""
+    outcome = yield
+    if outcome.get_result().failed:
+        item.stash[_failed_key] = True
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
+                    "or point RELAY_CHROMIUM at a Chromium binary", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser, request):
+    opened = []
+
+    def open_page(url: str):
+        context = browser.new_context(viewport={"width": 1000, "height": 760})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.errors = []
+        page.console_lines = []
+        page.on("pageerror", lambda exc: page.errors.append(f"uncaught: {exc}"))
+        page.on("console", lambda msg: _on_console(page, msg))
+        opened.append((context, page))
+        page.goto(url)
+        return page
+
+    yield open_page
+    failed = request.node.stash.get(_failed_key, False)
+    if failed:
+        _save_artifacts(request.node.nodeid, [page for _, page in opened])
+    for context, _ in opened:
+        context.close()
+
+
+def _on_console(page, msg) -> None:
+    line = f"[{msg.type}] {msg.text}"
+    page.console_lines.append(line)
+    # A stream cut or a relay that is down logs a network error per EventSource attempt: expected.
+    if msg.type == "error" and not _NETWORK_ERROR.search(msg.text):
+        page.errors.append(line)
+
+
+def _save_artifacts(nodeid: str, pages) -> None:
+    directory = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")
+    directory.mkdir(parents=True, exist_ok=True)
+    for number, page in enumerate(pages, 1):
+        try:
+            page.screenshot(path=str(directory / f"page{number}.png"), full_page=True)
+            (directory / f"page{number}.html").write_text(page.content())
+        except Exception as exc:  # noqa: BLE001 - a closed page must not hide the test's own failure
+            (directory / f"page{number}.screenshot-failed.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+        (directory / f"page{number}.console.log").write_text("\n".join(page.console_lines) + "\n")
+    print(f"\nbrowser artifacts saved in {directory}")
+
+
+class RedisServer:
+    def __init__(self, directory: Path):
+        import redis
+
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self._redis = redis
+        self.client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+        wait_until(self._ping, 10, message=f"redis-server on port {self.port}")
+
+    def _ping(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        try:
+            return self.client.ping()
+        except (OSError, self._redis.ConnectionError):
+            return False
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@pytest.fixture
+def demo_redis(tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def wait_connected(page, state: str = "connected", timeout_ms: int = TIMEOUT_MS) -> None:
+    """Wait until the page's connection badge says ``state``."""
+    page.wait_for_selector(f'[data-testid="connection"][data-state="{state}"]', timeout=timeout_ms)
+
+
+def text_of(page, testid: str) -> str:
+    return page.get_by_test_id(testid).inner_text()
+
+
+class TcpProxy:
+    """A TCP forwarder the test can cut, to break a browser's streams while relay keeps running."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.open = threading.Event()
+        self.open.set()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self.accepted = 0
+        self._spawn(self._accept_loop)
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # the listener was closed
+            if not self.open.is_set():
+                client.close()  # the network is down: the browser sees its request fail
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self.accepted += 1
+                self._sockets.update((client, upstream))
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass  # cut() or a peer closed the connection: both ends are closed below
+        finally:
+            self._close(source)
+            self._close(sink)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already disconnected
+        sock.close()
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self.open.clear()
+        with self._lock:
+            live = list(self._sockets)
+        for sock in live:
+            self._close(sock)
+
+    def restore(self) -> None:
+        self.open.set()
+
+    def stop(self) -> None:
+        self.cut()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass  # not connected: nothing to wake
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(2)
+
+
+@pytest.fixture
+def tcp_proxy():
+    proxies: list[TcpProxy] = []
+
+    def start(target_port: int) -> TcpProxy:
+        proxies.append(TcpProxy(target_port))
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()

@@ -1,0 +1,410 @@
+"""The webhook sink's parts on their own: signing (checked with ``standardwebhooks``), the SSRF
+policy, retry timing, configuration checks, and the two stores under the same contract,
+including the cross-process claim that makes deliveries exactly-once across workers."""
+
+from __future__ import annotations
+
+import ipaddress
+import multiprocessing
+import time
+from datetime import UTC
+
+import pytest
+import standardwebhooks
+from webhook_support import SECRET, Receiver, RedisServer
+
+from plugins.webhooks import client, signing
+from plugins.webhooks.delivery import Sink, parse_retry_after
+from plugins.webhooks.model import DEAD, PENDING, SUCCEEDED, Attempt, Delivery, Endpoint
+from plugins.webhooks.ssrf import AddressPolicy, RefusedAddress, why_blocked
+from plugins.webhooks.store_sqlite import SQLiteStore
+from relay.config import ConfigError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- signing ------------------------------------------------------------------------------------
+
+def test_signature_is_verified_by_standardwebhooks():
+    body = signing.build_body("order.paid", 1764170537.25, "demo", {"text": "dolphin 🐬", "n": [1, 2]})
+    headers = signing.headers("msg_1", body, [SECRET])
+    assert standardwebhooks.Webhook(SECRET).verify(body, headers) == {
+        "type": "order.paid", "timestamp": "2025-11-26T15:22:17.250Z", "channel": "demo",
+        "data": {"text": "dolphin 🐬", "n": [1, 2]}}
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(SECRET).verify(body + b" ", headers)  # one byte changed
+
+
+def test_signature_matches_the_reference_implementation_and_rotation_signs_twice():
+    old, new = SECRET, signing.new_secret()
+    body = b'{"type":"x","timestamp":"2026-01-01T00:00:00.000Z","channel":"c","data":null}'
+    headers = signing.headers("msg_2", body, [new, old], now=time.time())
+    first, second = headers["webhook-signature"].split(" ")
+    from datetime import datetime
+
+    moment = datetime.fromtimestamp(int(headers["webhook-timestamp"]), tz=UTC)
+    assert first == standardwebhooks.Webhook(new).sign("msg_2", moment, body.decode())
+    assert second == standardwebhooks.Webhook(old).sign("msg_2", moment, body.decode())
+    for secret in (old, new):
+        standardwebhooks.Webhook(secret).verify(body, headers)
+
+
+def test_webhook_id_is_stable_per_event_and_endpoint():
+    assert signing.webhook_id("ep_a", "order-1") == signing.webhook_id("ep_a", "order-1")
+    assert signing.webhook_id("ep_a", "order-1") != signing.webhook_id("ep_b", "order-1")
+    assert signing.webhook_id("ep_a", "order-1") != signing.webhook_id("ep_a", "order-2")
+    assert signing.webhook_id("ep_a", "x").startswith("msg_")
+
+
+def test_rotation_grace_ends():
+    endpoint = Endpoint("ep", "http://x", SECRET, ["*"], previous_secrets=[["whsec_old", 100.0], ["whsec_cfg", None]])
+    assert endpoint.signing_secrets(now=50) == [SECRET, "whsec_old", "whsec_cfg"]
+    assert endpoint.signing_secrets(now=150) == [SECRET, "whsec_cfg"]
+
+
+def test_channel_and_event_filters():
+    endpoint = Endpoint("ep", "http://x", SECRET, ["orders.*", "demo"], events=["paid", "refund.*"])
+    assert endpoint.matches("orders.eu", "paid") and endpoint.matches("demo", "refund.partial")
+    assert not endpoint.matches("orders.eu", "created") and not endpoint.matches("other", "paid")
+    assert Endpoint("ep", "http://x", SECRET, ["*"]).matches("anything", "any")
+
+
+# -- SSRF ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.8.9.10", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+    "169.254.1.1", "100.64.0.1", "fd00:ec2::254", "fc00::1", "fe80::1", "224.0.0.1", "ff02::1", "240.0.0.1",
+    "0.0.0.0", "::", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "192.0.0.192", "198.18.0.1", "2001:db8::1",
+    "255.255.255.255", "64:ff9b::a00:1",
+])
+def test_blocked_addresses(address):
+    assert why_blocked(ipaddress.ip_address(address)), address
+    with pytest.raises(RefusedAddress):
+        AddressPolicy().check(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "93.184.216.34"])
+def test_public_addresses_pass(address):
+    assert why_blocked(ipaddress.ip_address(address)) is None
+    AddressPolicy().check(ipaddress.ip_address(address))
+
+
+def test_allow_list():
+    policy = AddressPolicy(["127.0.0.0/8", "10.9.0.0/16"])
+    policy.check(ipaddress.ip_address("127.0.0.1"))
+    policy.check(ipaddress.ip_address("::ffff:127.0.0.1"))
+    policy.check(ipaddress.ip_address("10.9.3.4"))
+    for blocked in ("10.8.0.1", "169.254.169.254", "::1"):
+        with pytest.raises(RefusedAddress):
+            policy.check(ipaddress.ip_address(blocked))
+
+
+def test_a_name_resolving_to_loopback_is_refused_before_connecting():
+    """The check is on the resolved address at connect time; nothing reaches the server."""
+    receiver = Receiver().start()
+    try:
+        result = client.post(f"http://localhost:{receiver.port}/x", b"{}", {}, timeout=2, policy=AddressPolicy(),
+                             max_response=100)
+        assert result.refused and result.status is None and "loopback" in result.error
+        time.sleep(0.2)
+        assert receiver.requests == []
+        allowed = client.post(f"http://localhost:{receiver.port}/x", b"{}", {}, timeout=2,
+                              policy=AddressPolicy(["127.0.0.0/8", "::1/128"]), max_response=100)
+        assert allowed.status == 200 and len(receiver.requests) == 1
+        assert receiver.requests[0].headers["host"] == f"localhost:{receiver.port}", "the original Host header"
+    finally:
+        receiver.stop()
+
+
+def test_resolve_checks_every_answer(monkeypatch):
+    import socket
+
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 80)),
+               (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 80))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answers)  # a DNS answer, no traffic
+    with pytest.raises(RefusedAddress, match="10.0.0.5"):
+        AddressPolicy().resolve("rebind.example", 80)
+    answers.pop()
+    assert AddressPolicy().resolve("rebind.example", 80) == [(socket.AF_INET, "93.184.216.34")]
+
+
+# -- retry timing -------------------------------------------------------------------------------
+
+def test_retry_after_parsing():
+    now = time.time()
+    assert parse_retry_after("120", now) == 120
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 30))
+    assert 28 <= parse_retry_after(date, now) <= 31
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+
+
+class _Stats:
+    def incr(self, *args, **kwargs):
+        pass
+
+
+class _Relay:
+    stats = _Stats()
+
+
+def _sink(tmp_path, **settings):
+    from plugins.webhooks.settings import SECTIONS
+    from relay.config import load_config
+
+    config = load_config({"sinks": {"webhooks": settings}}, SECTIONS, environ={})
+    return Sink(_Relay(), config.section("sinks.webhooks"), str(tmp_path))
+
+
+def test_default_schedule_jitter_and_bounded_retry_after(tmp_path):
+    sink = _sink(tmp_path)
+    assert sink.schedule == [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert sink.settings["timeout"] == 15 and sink.settings["disable_after"] == 5 * 86400
+    delays = [sink.retry_delay(2, None, 0) for _ in range(200)]
+    assert 240 <= min(delays) < max(delays) <= 360, "300 s ± 20 %"
+    assert sink.retry_delay(8, None, 0) is None, "no attempt after the eighth"
+    assert 3600 == sink.retry_delay(1, str(10 ** 9), 0), "Retry-After capped at max_retry_after"
+    assert 100 <= sink.retry_delay(1, "100", 0) <= 100, "Retry-After longer than the schedule wins"
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"endpoints": [{"url": "http://x/", "secret": "nope", "channels": ["a"]}]}, "sinks.webhooks.endpoints"),
+    ({"endpoints": [{"url": "ftp://x/", "secret": SECRET, "channels": ["a"]}]}, "sinks.webhooks.endpoints"),
+    ({"endpoints": [{"url": "http://x/", "secret": SECRET, "channels": []}]}, "sinks.webhooks.endpoints"),
+    ({"endpoints": [{"url": "http://x/", "secret": SECRET, "channels": ["a"], "colour": 1}]}, "colour"),
+    ({"allow_networks": ["127.0.0.0/33"]}, "sinks.webhooks.allow_networks"),
+    ({"retry_schedule": []}, "sinks.webhooks.retry_schedule"),
+    ({"retry_schedule": [0, -1]}, "sinks.webhooks.retry_schedule"),
+    ({"store": "mysql://x"}, "sinks.webhooks.store"),
+    ({"retries": 3}, "retries"),
+])
+def test_configuration_errors_name_the_key(tmp_path, settings, key):
+    with pytest.raises(ConfigError) as error:
+        _sink(tmp_path, **settings)
+    assert key in str(error.value)
+
+
+# -- stores -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_factory(request, tmp_path):
+    """Builds store objects sharing one backing store, like the workers of one relay."""
+    if request.param == "sqlite":
+        yield lambda: SQLiteStore(str(tmp_path / "webhooks.sqlite3"))
+    else:
+        from plugins.webhooks.store_redis import RedisStore
+
+        server = request.getfixturevalue("redis_server")
+        prefix = f"test:{time.time_ns()}"
+        yield lambda: RedisStore(server.url, prefix)
+
+
+def _delivery(n: int, endpoint_id: str = "ep_1", at: float | None = None) -> Delivery:
+    now = time.time() if at is None else at
+    return Delivery(id=signing.webhook_id(endpoint_id, f"e{n}"), endpoint_id=endpoint_id, event_id=f"e{n}",
+                    channel="demo", event_type="order", body=b'{"n":%d}' % n, created_at=now, status=PENDING,
+                    next_attempt_at=now)
+
+
+def _attempt(delivery: Delivery, outcome: str, status: int | None = 500) -> Attempt:
+    return Attempt(delivery.id, delivery.endpoint_id, delivery.attempts, time.time(), status, 1.5, "", "", outcome)
+
+
+def test_store_enqueue_is_idempotent_and_claim_is_exclusive(store_factory):
+    one, two = store_factory(), store_factory()
+    one.save_endpoint(Endpoint("ep_1", "http://x", SECRET, ["*"]))
+    assert one.enqueue([_delivery(1), _delivery(2)]) == 2
+    assert two.enqueue([_delivery(1)]) == 0, "the same webhook-id from another worker is ignored"
+    now = time.time() + 0.01
+    assert sorted(one.due("ep_1", now, 10)) == sorted([_delivery(1).id, _delivery(2).id])
+    claimed = one.claim(_delivery(1).id, "w1", now, 30)
+    assert claimed is not None and claimed.attempts == 1 and claimed.body == b'{"n":1}'
+    assert two.claim(_delivery(1).id, "w2", now, 30) is None, "claimed once"
+    assert two.due("ep_1", now, 10) == [_delivery(2).id], "a claimed delivery is not due during its lease"
+    assert two.claim(_delivery(1).id, "w2", now + 31, 30) is not None, "an expired lease (dead worker) is due again"
+    assert not one.finish(claimed, "w1", SUCCEEDED, 0, _attempt(claimed, "succeeded", 200)), "lease lost"
+
+
+def test_store_retry_dead_letter_requeue_and_attempt_log(store_factory):
+    store = store_factory()
+    store.save_endpoint(Endpoint("ep_1", "http://x", SECRET, ["*"]))
+    d = _delivery(1)
+    store.enqueue([d])
+    now = time.time() + 0.01
+    claimed = store.claim(d.id, "w", now, 30)
+    assert store.finish(claimed, "w", PENDING, now + 100, _attempt(claimed, "retry"))
+    assert store.due("ep_1", now + 50, 10) == [] and store.due("ep_1", now + 101, 10) == [d.id]
+    claimed = store.claim(d.id, "w", now + 101, 30)
+    assert claimed.attempts == 2
+    assert store.finish(claimed, "w", DEAD, 0, _attempt(claimed, "dead", 503))
+    assert [x.id for x in store.deliveries("ep_1", DEAD)] == [d.id]
+    assert store.counts() == {"pending": 0, "dead": 1}
+    log = store.attempts("ep_1")
+    assert [(a.attempt, a.outcome) for a in log] == [(2, "dead"), (1, "retry")]
+    assert store.requeue([d.id], now + 200) == 1
+    assert store.get_delivery(d.id).status == PENDING and store.get_delivery(d.id).attempts == 0
+    assert store.deliveries("ep_1", DEAD) == [] and store.due("ep_1", now + 200, 10) == [d.id]
+    assert store.requeue([d.id], now) == 0, "a pending delivery is not requeued twice"
+
+
+def test_store_endpoint_health_and_sync(store_factory):
+    store = store_factory()
+    store.sync_config_endpoints([Endpoint("cfg_a", "http://a", SECRET, ["*"], origin="config"),
+                                 Endpoint("cfg_b", "http://b", SECRET, ["*"], origin="config")])
+    store.save_endpoint(Endpoint("ep_api", "http://c", SECRET, ["*"]))
+    assert not store.note_result("cfg_a", False, 1000.0, 60)
+    assert not store.note_result("cfg_a", False, 1059.0, 60)
+    assert store.note_result("cfg_a", False, 1060.0, 60), "disabled after 60 s of failure"
+    disabled = store.get_endpoint("cfg_a")
+    assert not disabled.enabled and disabled.failing_since == 1000.0 and "failing" in disabled.disabled_reason
+    assert not store.note_result("cfg_b", False, 1000.0, 60)
+    store.note_result("cfg_b", True, 1030.0, 60)
+    assert store.get_endpoint("cfg_b").failing_since is None, "a success ends the failing period"
+    store.set_enabled("cfg_a", True)
+    assert store.get_endpoint("cfg_a").enabled and store.get_endpoint("cfg_a").failing_since is None
+    # A restart with a changed configuration: cfg_b is gone, cfg_a keeps its state, API ones stay.
+    store.set_enabled("cfg_a", False, "by hand")
+    store.sync_config_endpoints([Endpoint("cfg_a", "http://a2", SECRET, ["*"], origin="config")])
+    assert [e.id for e in store.list_endpoints()] == ["cfg_a", "ep_api"]
+    assert store.get_endpoint("cfg_a").url == "http://a2" and not store.get_endpoint("cfg_a").enabled
+
+
+def _race(kind: str, location: str, prefix: str, worker: str, count: int, queue, barrier) -> None:
+    """One 'worker' process: enqueue every delivery (as every worker sees every broker event),
+    then claim what it can and report what it claimed."""
+    if kind == "sqlite":
+        store = SQLiteStore(location)
+    else:
+        from plugins.webhooks.store_redis import RedisStore
+
+        store = RedisStore(location, prefix)
+    store.ping()
+    deliveries = [_delivery(n, at=1000.0) for n in range(count)]  # same event, same record in every worker
+    barrier.wait(30)  # all four race from here
+    stored = sum(store.enqueue([d]) for d in deliveries)
+    claimed = []
+    deadline = time.time() + 5
+    while time.time() < deadline and len(claimed) < count:
+        for delivery_id in store.due("ep_1", time.time(), count):
+            if store.claim(delivery_id, worker, time.time(), 60):
+                claimed.append(delivery_id)
+        if not store.due("ep_1", time.time(), 1):
+            break
+    queue.put((worker, stored, claimed))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_four_processes_store_and_claim_each_delivery_once(kind, tmp_path, redis_server):
+    """Point 5 at the store level, with real processes racing: 4 workers each store the same 200
+    deliveries; each is stored once and claimed by exactly one worker."""
+    location = str(tmp_path / "race.sqlite3") if kind == "sqlite" else redis_server.url
+    prefix = f"race:{time.time_ns()}"
+    if kind == "sqlite":
+        SQLiteStore(location).ping()  # create the schema once, as the first worker would
+    context = multiprocessing.get_context("spawn")
+    queue, barrier = context.Queue(), context.Barrier(4)
+    processes = [context.Process(target=_race, args=(kind, location, prefix, f"w{i}", 200, queue, barrier))
+                 for i in range(4)]
+    for process in processes:
+        process.start()
+    results = [queue.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(10)
+    assert sum(stored for _, stored, _ in results) == 200
+    claimed = [d for _, _, ids in results for d in ids]
+    assert len(claimed) == 200 and len(set(claimed)) == 200
+    print(kind, "stored/claimed per worker:", sorted((w, s, len(ids)) for w, s, ids in results))
+
+
+def test_the_delivery_is_stored_when_publish_returns(tmp_path, monkeypatch):
+    """Point 4 for broker sources: ``relay.publish`` returns only after the delivery is committed,
+    so a Kafka or Redis Streams source that advances its position after publish never skips one.
+    (No worker runs here: nothing but the publish call itself could have stored it.)"""
+    from webhook_support import endpoint, webhook_config
+
+    from relay import Event, create_app
+
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    app = create_app(webhook_config([endpoint("http://127.0.0.1:9/hook")]))
+    relay = app.extensions["relay"]
+    event = relay.publish(Event("demo", "order", {"n": 1}, id="1764170537000-0", source="redis"))
+    sink = relay.extensions["webhooks"]
+    endpoint_id = sink.config_endpoints[0].id
+    stored = SQLiteStore(str(tmp_path / "data" / "webhooks.sqlite3")).get_delivery(
+        signing.webhook_id(endpoint_id, event.id))
+    assert stored is not None and stored.status == PENDING and stored.event_id == "1764170537000-0"
+    assert standardwebhooks.Webhook(SECRET).verify(stored.body, signing.headers(stored.id, stored.body, [SECRET]))
+    relay.publish(Event("elsewhere", "order", 1))
+    assert len(sink.store.deliveries()) == 1, "only matching channels are stored"
+
+
+def test_the_sink_is_idle_without_endpoints_or_token(tmp_path, monkeypatch):
+    from relay import Event, create_app
+
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    app = create_app({})
+    relay = app.extensions["relay"]
+    relay.publish(Event("demo", "order", 1))
+    assert "webhooks" not in relay.extensions and not (tmp_path / "data").exists()
+
+
+@pytest.fixture
+def tls_receiver(tmp_path):
+    """An HTTPS receiver on 127.0.0.1 with a self-signed certificate for 'localhost'."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append((self.headers["Host"], self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], cert, seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_is_pinned_and_checks_the_certificate_of_the_url_host(tls_receiver, monkeypatch):
+    import ssl
+
+    port, cert, seen = tls_receiver
+    policy = AddressPolicy(["127.0.0.0/8", "::1/128"])
+    untrusted = client.post(f"https://localhost:{port}/hook", b"{}", {}, timeout=3, policy=policy, max_response=10)
+    assert untrusted.status is None and "CERTIFICATE_VERIFY_FAILED" in untrusted.error and seen == []
+
+    original = ssl.create_default_context
+
+    def trusting_our_ca():
+        return original(cafile=str(cert))
+
+    monkeypatch.setattr(client.ssl, "create_default_context", trusting_our_ca)
+    trusted = client.post(f"https://localhost:{port}/hook", b'{"a":1}', {}, timeout=3, policy=policy, max_response=10)
+    assert trusted.status == 204 and seen == [(f"localhost:{port}", b'{"a":1}')]
+    wrong_name = client.post(f"https://127.0.0.1:{port}/hook", b"{}", {}, timeout=3, policy=policy, max_response=10)
+    assert wrong_name.status is None and "CERTIFICATE_VERIFY_FAILED" in wrong_name.error, "the URL's host is checked"
