@@ -21,7 +21,7 @@ import time
 
 import gevent
 from flask import Blueprint, Response, jsonify, request
-from gevent.queue import Empty, Full, Queue
+from gevent.hub import Waiter, get_hub
 
 from relay import hookimpl
 from relay.backbone import Replay
@@ -34,7 +34,6 @@ SECTION = "sinks.sse"
 MISSED_EVENT = "relay-missed"
 MAX_LAST_EVENT_ID = 256
 HEARTBEAT = encode_comment("heartbeat")
-_CLOSE = object()  # queued to wake a waiting stream when its client is closed
 
 log = logging.getLogger("relay.sse")
 
@@ -56,33 +55,64 @@ def relay_config_sections():
 
 
 class Client:
-    """One open stream: a bounded queue fed by the bus, and the socket it is written to."""
+    """One open stream: the events waiting to be written, and the socket they are written to.
 
-    __slots__ = ("queue", "channels", "sock", "closed", "_watcher", "next_sample", "__weakref__")
+    The bus appends to ``pending`` (a plain list, bounded by ``limit``) and wakes the stream at
+    most once per batch; the stream takes the whole list and writes it in one write. Waking goes
+    through the hub (``loop.run_callback``), as gevent requires, with one reusable heartbeat timer
+    per client instead of a ``Timeout`` object per wait.
+    """
+
+    __slots__ = ("pending", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
+                 "_timer", "_hub", "__weakref__")
 
     def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None):
-        self.queue: Queue = Queue(queue_size)
+        self.pending: list = []  # events not written yet, oldest first
+        self.limit = queue_size
         self.channels = channels
         self.sock = sock
         self.closed: str | None = None  # why: "slow", "left", "shutdown"
         self._watcher = None
+        self._waiter: Waiter | None = None  # set while the stream waits for events
+        self._timer = None
+        self._hub = get_hub()
         self.next_sample = 0.0  # when this client next reports a delivery latency
 
     def offer(self, channel: str, event) -> None:
         """Bus receiver: never blocks. A full queue means the client cannot keep up."""
-        try:
-            self.queue.put_nowait(event)
-        except Full:
+        pending = self.pending
+        if len(pending) >= self.limit:
             self.close("slow")
+            return
+        pending.append(event)
+        if self._waiter is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._hub.loop.run_callback(waiter.switch, True)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for an event or a close; ``False`` when ``timeout`` seconds passed without one."""
+        if self.pending or self.closed:
+            return True
+        waiter = self._waiter = Waiter(self._hub)
+        timer = self._timer
+        if timer is None:
+            timer = self._timer = self._hub.loop.timer(timeout)
+        timer.start(waiter.switch, False)
+        try:
+            return waiter.get()
+        finally:
+            timer.stop()
+            self._waiter = None
 
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = reason
-        try:
-            self.queue.put_nowait(_CLOSE)
-        except Full:
-            pass  # the stream is behind anyway and sees ``closed`` after its next event
+        self._wake()  # a waiting stream sees ``closed`` at once
         if reason == "slow" and self.sock is not None:
             # The stream may be blocked writing to a client that does not read: unblock it.
             try:
@@ -118,6 +148,9 @@ class Client:
             self._watcher.stop()
             self._watcher.close()
             self._watcher = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
 
 
 class Hub:
@@ -168,37 +201,28 @@ class Hub:
                          self.settings["queue_size"], ",".join(client.channels))
 
     def _live(self, client: Client, replayed: set[str]):
-        queue, heartbeat = client.queue, self.settings["heartbeat"]
-        oldest = None
+        heartbeat = self.settings["heartbeat"]
         while True:
-            try:
-                item = queue.get(timeout=heartbeat)
-            except Empty:
+            if not client.wait(heartbeat):
                 yield HEARTBEAT
                 continue
-            frames = []
-            while True:  # everything already queued goes out in one write
-                if item is _CLOSE or client.closed:
-                    if frames:
-                        yield b"".join(frames)
-                    if client.closed == "shutdown":
-                        yield self.retry_frame
-                    return
-                if replayed:
-                    if item.id in replayed:  # already sent as part of the replay
-                        item = None
-                    else:
-                        replayed = set()  # live events are in order: no more overlap
-                if item is not None:
-                    frames.append(item.frame)
-                    oldest = oldest or item
-                if queue.empty():
-                    break
-                item = queue.get_nowait()
-            if frames:
-                yield b"".join(frames)
-                self._sample_latency(client, oldest)
-                oldest = None
+            if client.closed:
+                if client.closed == "shutdown":
+                    yield self.retry_frame
+                return
+            events, client.pending = client.pending, []  # everything queued goes out in one write
+            if replayed:
+                while events and events[0].id in replayed:  # already sent as part of the replay
+                    del events[0]
+                if events:
+                    replayed = set()  # live events are in order: no more overlap
+                else:
+                    continue
+            if len(events) == 1:
+                yield events[0].frame
+            else:
+                yield b"".join([event.frame for event in events])
+            self._sample_latency(client, events[0])
 
     @staticmethod
     def _sample_latency(client: Client, event) -> None:
@@ -250,7 +274,10 @@ def relay_init_app(app, relay):
             last_event_id = None  # an empty id resets the client: it starts fresh
         client = Client(list(dict.fromkeys(channels)), hub.settings["queue_size"],
                         request.environ.get("gunicorn.socket"))
-        response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8")
+        # direct_passthrough: the generator's bytes go to gunicorn as they are, without werkzeug's
+        # encoding and closing wrappers (two calls per write, and stack every idle stream keeps).
+        response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8",
+                            direct_passthrough=True)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         response.headers["X-Relay-Worker"] = str(os.getpid())  # which worker serves it, for operators

@@ -22,14 +22,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from relay.testing import free_port, wait_until
+from redis_support import RedisServer
+from relay.testing import TcpProxy
 
 CHROMIUM = os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -107,45 +105,13 @@ def _save_artifacts(nodeid: str, pages) -> None:
     print(f"\nbrowser artifacts saved in {directory}")
 
 
-class RedisServer:
-    def __init__(self, directory: Path):
-        import redis
-
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self._redis = redis
-        self.client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
-        wait_until(self._ping, 10, message=f"redis-server on port {self.port}")
-
-    def _ping(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-        try:
-            return self.client.ping()
-        except (OSError, self._redis.ConnectionError):
-            return False
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-
-
 @pytest.fixture
 def demo_redis(tmp_path):
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path / "redis").start()
     yield server
-    server.stop()
+    server.kill()
 
 
 def wait_connected(page, state: str = "connected", timeout_ms: int = TIMEOUT_MS) -> None:
@@ -157,97 +123,14 @@ def text_of(page, testid: str) -> str:
     return page.get_by_test_id(testid).inner_text()
 
 
-class TcpProxy:
-    """A TCP forwarder the test can cut, to break a browser's streams while relay keeps running."""
-
-    def __init__(self, target_port: int):
-        self.target = ("127.0.0.1", target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.open = threading.Event()
-        self.open.set()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self.accepted = 0
-        self._spawn(self._accept_loop)
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # the listener was closed
-            if not self.open.is_set():
-                client.close()  # the network is down: the browser sees its request fail
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self.accepted += 1
-                self._sockets.update((client, upstream))
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass  # cut() or a peer closed the connection: both ends are closed below
-        finally:
-            self._close(source)
-            self._close(sink)
-
-    def _close(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already disconnected
-        sock.close()
-
-    def cut(self) -> None:
-        """Drop every open connection and refuse new ones."""
-        self.open.clear()
-        with self._lock:
-            live = list(self._sockets)
-        for sock in live:
-            self._close(sock)
-
-    def restore(self) -> None:
-        self.open.set()
-
-    def stop(self) -> None:
-        self.cut()
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass  # not connected: nothing to wake
-        self.listener.close()
-        for thread in self._threads:
-            thread.join(2)
-
-
 @pytest.fixture
 def tcp_proxy():
     proxies: list[TcpProxy] = []
 
     def start(target_port: int) -> TcpProxy:
-        proxies.append(TcpProxy(target_port))
+        proxies.append(TcpProxy(target_port).restore())
         return proxies[-1]
 
     yield start
     for proxy in proxies:
-        proxy.stop()
+        proxy.cut()

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -82,8 +83,8 @@ class RedisServer:
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5)
+    def client(self, decode_responses: bool = False) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=decode_responses)
 
     def log(self) -> str:
         path = self.directory / "redis.log"
@@ -99,13 +100,18 @@ class ExternalRedis:
         self.url = url
         self.port = None
 
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5)
+    def client(self, decode_responses: bool = False) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=decode_responses)
 
     def _cannot(self, *args, **kwargs):
         pytest.skip("REDIS_URL names an external Redis: this test stops and restarts redis-server")
 
     start = kill = stop = restart = pause = resume = _cannot
+
+
+def start_redis(port: int | None = None) -> RedisServer:
+    """A redis-server of our own in a fresh temporary directory (for tests outside fixtures)."""
+    return RedisServer(Path(tempfile.mkdtemp(prefix="relay-redis-")), port).start()
 
 
 def require_own_server(server) -> None:

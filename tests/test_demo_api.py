@@ -7,7 +7,6 @@ import pytest
 
 from relay.testing import RelayServer, free_port, http_request
 
-pytest_plugins = ["browser_support"]
 
 
 def vote(server, room, option, poll="main", raw=None):
@@ -150,7 +149,7 @@ def test_tallies_in_redis_are_shared_and_survive_a_restart(relay_server_factory,
     vote(one, "shared", "Kafka")
     status, answer = vote(two, "shared", "Kafka")
     assert status == 200 and answer["totals"]["Kafka"] == 2
-    assert demo_redis.client.hgetall("relay:demo:votes:shared:main") == {"Kafka": "2"}
+    assert demo_redis.client(decode_responses=True).hgetall("relay:demo:votes:shared:main") == {"Kafka": "2"}
     one.stop()
     one.start()
     assert tallies(one, "shared")["totals"] == {"Redis": 0, "Kafka": 2, "Webhooks": 0}

@@ -13,12 +13,11 @@ import pytest
 pytest.register_assert_rewrite("browser_support")
 
 from browser_support import wait_connected
-from kafka_support import create_topic, kafka_broker, producer, topic_name  # noqa: F401 - fixtures
+from kafka_support import create_topic, topic_name
 from playwright.sync_api import expect
 
 from relay.testing import http_request, wait_until
 
-pytest_plugins = ["browser_support"]
 
 expect.set_options(timeout=10_000)
 FAST_RETRY = {"RELAY_SSE_RETRY": "300"}  # the browser reconnects 300 ms after losing the stream
@@ -233,8 +232,8 @@ def test_tallies_kept_in_redis_survive_a_restart_and_are_refetched(relay_server_
     server.stop()
     wait_connected(b, "reconnecting")
     # Votes counted elsewhere while this relay was down (another relay sharing the Redis).
-    demo_redis.client.hincrby("relay:demo:votes:kept:main", "Redis", 4)
-    demo_redis.client.hincrby("relay:demo:votes:kept:main", "Kafka", 2)
+    demo_redis.client(decode_responses=True).hincrby("relay:demo:votes:kept:main", "Redis", 4)
+    demo_redis.client(decode_responses=True).hincrby("relay:demo:votes:kept:main", "Kafka", 2)
     server.start()
 
     wait_connected(b)
@@ -301,7 +300,7 @@ def test_with_the_redis_backbone_events_published_while_relay_was_down_are_shown
 
 def xadd_emote(redis, room, emote, stream="reactions"):
     envelope = {"channel": f"room:{room}", "event": "emote", "data": {"emote": emote}}
-    return redis.client.xadd(stream, {"payload": json.dumps(envelope)})
+    return redis.client(decode_responses=True).xadd(stream, {"payload": json.dumps(envelope)})
 
 
 def test_events_produced_into_redis_streams_while_relay_was_down_are_shown(relay_server_factory, demo_redis,
@@ -330,7 +329,7 @@ def test_events_produced_into_redis_streams_while_relay_was_down_are_shown(relay
     xadd_emote(demo_redis, "sea", "rocket")
     xadd_emote(demo_redis, "elsewhere", "heart")  # another room: not for b
     xadd_emote(demo_redis, "sea", "applause")
-    demo_redis.client.hincrby("relay:demo:votes:sea:main", "Kafka", 3)  # counted by another relay
+    demo_redis.client(decode_responses=True).hincrby("relay:demo:votes:sea:main", "Kafka", 3)  # counted by another relay
     server.start()
 
     wait_connected(b)

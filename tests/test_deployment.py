@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from redis_support import redis_server  # noqa: F401 - fixture
 from relay.testing import SSEClient, follow, free_port, http_request, wait_until
 from test_restarts import SteadyPublisher
 

@@ -17,7 +17,6 @@ from kafka_support import Producer, create_topic, produce_in_processes, topic_na
 
 from relay.testing import http_request, wait_until
 
-pytest_plugins = ["kafka_support"]  # fixtures: kafka_broker, private_broker, proxied_broker, producer
 
 TESTS = str(Path(__file__).parent)
 # A short session makes group joins (about half of it on Tansu) and evictions of killed members quick.

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-import redis
 
-from redis_support import redis_server, require_own_server  # noqa: F401 - fixtures
+from redis_support import require_own_server
 from relay.testing import RelayServer, http_request, wait_until
 
 

@@ -11,7 +11,7 @@ import time
 
 import gevent.event
 import pytest
-from redis_support import names, redis_factory, redis_server, require_own_server  # noqa: F401 (fixtures)
+from redis_support import require_own_server
 
 from plugins.redis_source.link import Link
 from plugins.redis_source.settings import SECTION, SECTION_SCHEMA, RedisSettings

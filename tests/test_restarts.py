@@ -5,7 +5,6 @@ import signal
 import threading
 import time
 
-from redis_support import redis_server  # noqa: F401 - fixture
 from relay.testing import follow, http_request, wait_until
 
 

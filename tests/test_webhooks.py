@@ -24,15 +24,6 @@ def receiver():
     receiver.stop()
 
 
-@pytest.fixture
-def redis_server():
-    from webhook_support import RedisServer
-
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
 def attempts(server, endpoint_id, **query):
     path = f"/webhooks/{endpoint_id}/attempts" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
     status, answer = api(server, "GET", path)
@@ -196,12 +187,6 @@ def test_ssrf_guard_refuses_private_addresses_and_names(relay_server_factory, re
         assert status == 422 and answer["error"] == "refused_address", (url, answer)
 
 
-def _redis_source_installed() -> bool:
-    from importlib.metadata import entry_points
-
-    return any(ep.value == "plugins.redis_source" for ep in entry_points(group="relay"))
-
-
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 @pytest.mark.parametrize("source", ["http", "pubsub"])
 def test_four_workers_receiving_the_same_event_deliver_it_once(redis_server, relay_server_factory, receiver,
@@ -210,18 +195,10 @@ def test_four_workers_receiving_the_same_event_deliver_it_once(redis_server, rel
     backbone (every worker delivers each one, same stream id), or Redis pub/sub messages with an
     envelope id (PUBSUB NUMSUB shows the 4 subscriptions). Each endpoint gets each event exactly
     once, with the SQLite store and with the Redis store."""
-    import os
-    from pathlib import Path
-
     channel = "webhook-test"
     env = {"RELAY_BACKBONE": redis_server.url}  # several workers need a shared backbone
-    if source == "pubsub" and _redis_source_installed():
+    if source == "pubsub":  # the Redis source: one subscription per worker, the same fan-out
         env.update({"RELAY_REDIS_URL": redis_server.url, "RELAY_REDIS_CHANNELS": channel})
-    elif source == "pubsub":  # the test plugin in webhook_support: the same fan-out, one subscription per worker
-        tests = str(Path(__file__).parent)
-        env.update({"RELAY_PLUGINS": "webhook_support", "WEBHOOK_TEST_REDIS_URL": redis_server.url,
-                    "WEBHOOK_TEST_REDIS_CHANNEL": channel,
-                    "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))})
     urls = [f"{receiver.url}/a", f"{receiver.url}/b"]
     settings = {"store": redis_server.url, "key_prefix": "wh"} if store == "redis" else {}
     server = relay_server_factory(config=webhook_config([endpoint(u) for u in urls], **settings), env=env, workers=4)

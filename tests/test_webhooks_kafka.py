@@ -12,12 +12,13 @@ import re
 import time
 
 import pytest
-from webhook_support import Receiver, RedisServer, endpoint, webhook_config
+from redis_support import start_redis
+from webhook_support import Receiver, endpoint, webhook_config
 
 from relay.testing import free_port, wait_until
 
 kafka_support = pytest.importorskip("kafka_support")
-from kafka_support import create_topic, kafka_broker, producer, topic_name  # noqa: F401 - fixtures
+from kafka_support import create_topic, topic_name
 
 pytestmark = pytest.mark.timeout(120)
 FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 400, "max_poll_interval_ms": 20000,
@@ -56,7 +57,7 @@ def test_kafka_commits_only_after_the_webhook_store_has_the_delivery(kafka_broke
         assert committed(kafka_broker, group, topic) in (None, 0), "nothing committed while the store is down"
         assert receiver.requests == []
 
-        redis = RedisServer(port=redis_port)  # the store comes back
+        redis = start_redis(port=redis_port)  # the store comes back
         got = receiver.wait_for(5, timeout=60)
         wait_until(lambda: committed(kafka_broker, group, topic) == 5, 30, message="the commit past 5 records")
         time.sleep(1)

@@ -11,7 +11,8 @@ from datetime import UTC
 
 import pytest
 import standardwebhooks
-from webhook_support import SECRET, Receiver, RedisServer
+from redis_support import start_redis
+from webhook_support import SECRET, Receiver
 
 from plugins.webhooks import client, signing
 from plugins.webhooks.delivery import Sink, parse_retry_after
@@ -187,9 +188,9 @@ def test_configuration_errors_name_the_key(tmp_path, settings, key):
 
 @pytest.fixture(scope="module")
 def redis_server():
-    server = RedisServer()
+    server = start_redis()
     yield server
-    server.stop()
+    server.kill()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -1,16 +1,8 @@
-"""Test helpers for the webhook sink: a scriptable HTTP receiver, admin API calls, Redis.
-
-Also a relay plugin (``RELAY_PLUGINS=webhook_support``, with this folder on PYTHONPATH): a
-Redis pub/sub source used to make several gunicorn workers receive the same message, as a
-broker source does, when no Redis source plugin is installed.
-"""
+"""Test helpers for the webhook sink: a scriptable HTTP receiver and admin API calls."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -152,70 +144,3 @@ def config_endpoint_id(url: str) -> str:
     from plugins.webhooks.settings import config_endpoint_id as derive
 
     return derive({"url": url})
-
-
-class RedisServer:
-    """A private redis-server on a free loopback port, nothing on disk."""
-
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up():
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(up, 10, message="redis-server to listen")
-
-    def client(self):
-        import redis
-
-        return redis.Redis.from_url(self.url)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
-# -- a relay plugin: Redis pub/sub fan-out source for the multi-worker test ----------------------
-
-try:
-    from relay import Source, hookimpl
-except ImportError:  # pragma: no cover
-    Source, hookimpl = object, None
-
-if hookimpl is not None:
-    import os
-
-    class PubSubSource(Source):
-        """Every worker subscribes to ``WEBHOOK_TEST_REDIS_CHANNEL`` and publishes each envelope."""
-
-        name = "test-pubsub"
-
-        def run(self, relay) -> None:
-            import redis
-
-            from relay.envelope import decode
-
-            client = redis.Redis.from_url(os.environ["WEBHOOK_TEST_REDIS_URL"], socket_timeout=None)
-            pubsub = client.pubsub()
-            pubsub.subscribe(os.environ["WEBHOOK_TEST_REDIS_CHANNEL"])
-            self.set_status("up")
-            try:
-                while not self.stopping.is_set():
-                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if message and message["type"] == "message":
-                        relay.publish(decode(message["data"], channel="demo", source="redis"))
-            finally:
-                pubsub.close()
-                client.close()
-
-    @hookimpl
-    def relay_sources(relay):
-        return [PubSubSource()] if os.environ.get("WEBHOOK_TEST_REDIS_URL") else []
