@@ -1,10 +1,11 @@
 """Operating relay: readiness, metrics, limits, logs and the CLI, over real HTTP."""
 
 import json
+import os
 import subprocess
 import sys
 
-from relay.testing import http_request, wait_until
+from relay.testing import free_port, http_request, publish, wait_until
 
 DOWN_SOURCE_PLUGIN = '''
 from relay import Source, hookimpl
@@ -89,3 +90,43 @@ def test_cli_publish_reaches_a_stream(relay_server):
         assert result.returncode == 0, result.stderr
         event = stream.next_event(5)
     assert (event.event, event.json()) == ("emote", {"emote": "dolphin"})
+
+
+def test_webhook_metrics(relay_server_factory):
+    from webhook_support import Receiver, Reply, endpoint, webhook_config
+
+    receiver = Receiver().start()
+    try:
+        receiver.script = [Reply(500)]
+        server = relay_server_factory(webhook_config([endpoint(f"{receiver.url}/hook")]))
+        server.publish("demo", "order", 1)
+        receiver.wait_for(2, timeout=15)
+
+        def text():
+            return http_request(f"{server.url}/metrics")[2].decode()
+
+        wait_until(lambda: 'relay_webhook_attempts_total{outcome="succeeded"} 1.0' in text(), 10)
+        assert 'relay_webhook_attempts_total{outcome="retry"} 1.0' in text()
+        wait_until(lambda: "relay_webhook_queue_depth 0.0" in text(), 10)
+    finally:
+        receiver.stop()
+
+
+def test_relay_serve_runs_gunicorn_with_relay_settings(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    process = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--bind", f"127.0.0.1:{port}"], env=env,
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 20, message="relay serve")
+        publish(f"http://127.0.0.1:{port}", "serve", "e", 1)
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
+
+
+def _answers(url):
+    try:
+        return http_request(url, timeout=1)[0] == 200
+    except OSError:
+        return False

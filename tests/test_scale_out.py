@@ -108,3 +108,27 @@ def test_two_instances_four_workers_one_stream_and_no_webhook_lost(relay_server_
     print(f"\nscale-out: {EVENTS} events, {len(received)} webhook deliveries, {duplicates} duplicates "
           f"after SIGKILL of one of two instances")
     assert duplicates <= EVENTS  # at-least-once: at most a re-delivery of what was uncommitted
+
+
+def test_a_delivery_in_flight_on_a_killed_instance_is_finished_by_the_other(relay_server_factory, redis_server,
+                                                                           receiver):
+    """The instance that claimed a delivery dies mid-attempt: its lease runs out and the other
+    instance delivers it, with the same webhook-id."""
+    from webhook_support import Reply
+
+    receiver.script = [Reply(hang=30)]  # the first attempt never gets an answer
+    config = webhook_config([endpoint(f"{receiver.url}/hook", channels=["jobs"])], store=redis_server.url,
+                            key_prefix="pickup-wh", timeout=1.0)  # lease: 2 x timeout + 5 s
+    config.update({"backbone": redis_server.url, "backbones": {"redis": {"prefix": "pickup:"}}})
+    a = relay_server_factory(config)
+    a.publish("jobs", "job", {"n": 1})
+    first = receiver.wait_for(1, timeout=15, path="/hook")[0]
+    b = relay_server_factory(config)  # joins while A's attempt hangs
+    a.kill()
+    killed_at = time.monotonic()
+    second = receiver.wait_for(2, timeout=30, path="/hook")[1]
+    assert second.id == first.id and second.verify()["data"] == {"n": 1}
+    assert time.monotonic() - killed_at < 20
+    time.sleep(1.5)
+    assert len(receiver.for_path("/hook")) == 2  # delivered once more, not once per instance
+    assert b.health()["components"]["webhooks"]["queue"] == 0

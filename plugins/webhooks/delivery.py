@@ -183,6 +183,7 @@ class Dispatcher(Source):
         self.in_flight: Counter[str] = Counter()  # endpoint id -> attempts running in this worker
         self.attempts = gevent.pool.Group()
         self._pruned_at = 0.0
+        self._reported_at = 0.0
 
     def run(self, relay) -> None:
         sink = self.sink
@@ -193,6 +194,7 @@ class Dispatcher(Source):
         while not self.stopping.is_set():
             sink.wake.clear()
             self._dispatch_due()
+            self._report_queue_now_and_then()
             self._prune_now_and_then()
             sink.wake.wait(sink.settings["poll_interval"])
         self._drain()
@@ -272,6 +274,14 @@ class Dispatcher(Source):
             log.warning("webhook endpoint %s (%s) disabled: failing continuously for %gs; re-enable it with "
                         "POST /webhooks/%s/enable", endpoint.id, endpoint.url, settings["disable_after"], endpoint.id)
             self.sink.changed()
+
+    def _report_queue_now_and_then(self) -> None:
+        """Keep the relay_webhook_queue_depth gauge current, at most once a second."""
+        now = time.time()
+        if now - self._reported_at < 1.0:
+            return
+        self._reported_at = now
+        self.sink.relay.stats.set("webhook_queue", self.sink.store.counts()["pending"])
 
     def _prune_now_and_then(self) -> None:
         now = time.time()
