@@ -39,7 +39,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (or set REDIS_URL to use an external Redis)")
+            pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run does), "
+                        "or set REDIS_URL to use an external Redis", pytrace=False)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
