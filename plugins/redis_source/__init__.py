@@ -2,8 +2,9 @@
 
 Modules, one job each: :mod:`.settings` (the ``[sources.redis]`` section), :mod:`.messages`
 (Redis messages to events), :mod:`.link` (one connection kept alive, with capped backoff),
-:mod:`.pubsub` and :mod:`.streams` (the two links), :mod:`.replay` (resume from Streams) and
-:mod:`.source` (the links as one source with one health status).
+:mod:`.pubsub` and :mod:`.streams` (the two links), :mod:`.group` (the consumer group that
+hands stream entries to durable sinks), :mod:`.replay` (resume from Streams) and :mod:`.source`
+(the links as one source with one health status).
 
 Each worker holds one pub/sub connection and, when streams are configured, one Streams
 connection, whatever the number of browsers.
@@ -15,7 +16,7 @@ import logging
 
 from relay import hookimpl
 
-from .messages import parse_stream_id
+from .messages import STREAM_SOURCE, parse_stream_id
 from .settings import SECTION, SECTION_SCHEMA, RedisSettings
 from .source import RedisSource
 
@@ -41,6 +42,12 @@ def relay_sources(relay):
                     "(RELAY_REDIS_CHANNELS): the Redis source is off")
         return []
     source = relay.extensions[EXTENSION] = RedisSource(relay, settings)
+    if source.group is not None:  # durable sinks take stream events from the group, once
+        relay.durable_sources.add(STREAM_SOURCE)
+    elif settings.group:
+        log.warning("[sources.redis] group is set but %s: the group is not used",
+                    "no stream is configured" if not settings.streams
+                    else "no loaded plugin implements relay_deliver_durable")
     return [source]
 
 

@@ -54,7 +54,7 @@ def make_pool(settings: RedisSettings, link: str) -> redis.ConnectionPool:
         socket_connect_timeout=settings.connect_timeout,
         # A bound on every read that is not an explicit wait, so a silent server cannot hang a
         # link: a reply that started arriving, the hello on connect, an XREAD BLOCK.
-        socket_timeout=settings.health_interval + (settings.stream_block if link == "streams" else 0),
+        socket_timeout=settings.health_interval + (settings.stream_block if link in ("streams", "group") else 0),
         health_check_interval=0,  # the pub/sub link PINGs and waits for the answer (redis-py does not)
         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         max_connections=1,

@@ -15,6 +15,7 @@ from relay.event import Event
 from .settings import RedisSettings
 
 SOURCE = "redis"
+STREAM_SOURCE = "redis-streams"  # the source of stream events: durable sinks take them from the group
 STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")  # what XADD generates: <milliseconds>-<sequence>
 
 
@@ -45,7 +46,7 @@ def from_stream(settings: RedisSettings, stream: str, entry_id: bytes | str, fie
     if payload is None:
         names = ", ".join(repr(_printable(k)) for k in list(fields)[:10])
         raise BadMessage("wrong_shape", f"the entry has no {settings.stream_field!r} field (it has {names or 'none'})")
-    event = decode(payload, channel=settings.channel_map.get(stream, stream), source=SOURCE,
+    event = decode(payload, channel=settings.channel_map.get(stream, stream), source=STREAM_SOURCE,
                    format=settings.format, event_name=settings.event_name, max_size=settings.max_size)
     # The entry id wins over an envelope's own id: it is what a client resumes from. It matches
     # STREAM_ID (digits and one dash), so it needs none of Event's checks.

@@ -81,6 +81,10 @@ SECTION_SCHEMA = Section(SECTION, (
            "for the Streams connection", min=0.01),
     Option("stream_batch", int, 100, "entries read per XREAD (COUNT)", min=1),
     Option("replay_scan", int, 10000, "most entries read per stream to answer one resume", min=1),
+    Option("group", str, "", "consumer group that hands stream entries to durable sinks (webhooks) at least "
+           "once, acknowledged only once they took them; empty: off", env="RELAY_REDIS_GROUP"),
+    Option("claim_idle", float, 30.0, "seconds an entry may stay unacknowledged by a vanished worker before "
+           "another worker of the group claims it", min=0.1),
 ), "The Redis source: pub/sub channels, patterns and Streams.")
 
 
@@ -105,6 +109,8 @@ class RedisSettings:
     stream_block: float
     stream_batch: int
     replay_scan: int
+    group: str
+    claim_idle: float
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> RedisSettings:

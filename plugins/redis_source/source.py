@@ -12,6 +12,7 @@ from relay.source import Source
 
 from . import replay as replay_module
 from .link import Link
+from .group import StreamGroupLink
 from .pubsub import PubSubLink
 from .settings import RedisSettings
 from .streams import StreamsLink, Unavailable
@@ -36,7 +37,9 @@ class RedisSource(Source):
         args = (relay, settings, self.stopping, self._refresh_status)  # one flag stops every link
         self.pubsub = PubSubLink(*args) if settings.has_pubsub else None
         self.streams = StreamsLink(*args) if settings.streams else None
-        self.links: list[Link] = [link for link in (self.pubsub, self.streams) if link is not None]
+        durable = bool(settings.streams and settings.group and relay.durable_sinks())
+        self.group = StreamGroupLink(*args) if durable else None
+        self.links: list[Link] = [link for link in (self.pubsub, self.streams, self.group) if link is not None]
         self._greenlets: list[gevent.Greenlet] = []
 
     def run(self, relay: Relay) -> None:
