@@ -51,7 +51,8 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
     def readyz():
         """Ready for traffic: 503 while any component (a source, a sink) is not up."""
         health = relay.health()
-        waiting = {name: c for name, c in health["components"].items() if c.get("state") not in ("up", "ok")}
+        # "degraded" (e.g. a disabled webhook endpoint) still serves: only down or starting parts count.
+        waiting = {name: c for name, c in health["components"].items() if c.get("state") in ("down", "starting")}
         body = {"ready": not waiting, "components": health["components"]}
         return jsonify(body), 503 if waiting else 200
 
