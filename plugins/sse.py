@@ -100,8 +100,10 @@ class Client:
         waiter = self._waiter = Waiter(self._hub)
         timer = self._timer
         if timer is None:
-            timer = self._timer = self._hub.loop.timer(timeout)
-        timer.start(waiter.switch, False)
+            # A repeating timer armed with ``again``: every wait gets the full ``timeout``. (``start``
+            # would resume from what the last wait left, shorter each time, until it fired at once.)
+            timer = self._timer = self._hub.loop.timer(timeout, timeout)
+        timer.again(waiter.switch, False)
         try:
             return waiter.get()
         finally:
@@ -211,6 +213,8 @@ class Hub:
                     yield self.retry_frame
                 return
             events, client.pending = client.pending, []  # everything queued goes out in one write
+            if not events:
+                continue
             if replayed:
                 while events and events[0].id in replayed:  # already sent as part of the replay
                     del events[0]

@@ -116,6 +116,22 @@ def test_idle_stream_gets_heartbeats(relay_server_factory):
     assert stream.comments.count("heartbeat") >= 3
 
 
+def test_heartbeats_keep_their_interval_across_events(relay_server_factory):
+    # Every wait for events gets a full heartbeat interval, however many waits ended early.
+    server = relay_server_factory({"sinks": {"sse": {"heartbeat": 0.3}}})
+    with server.sse("/events/beat") as stream:
+        for i in range(8):  # each event ends a wait after ~0.1 s: 0.8 s of waits in all
+            server.publish("beat", "tick", i)
+            assert stream.next_event(5).json() == i
+            time.sleep(0.1)
+        before = len(stream.comments)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            stream.read_some(0.1)
+        beats = stream.comments[before:].count("heartbeat")
+    assert 2 <= beats <= 7, f"{beats} heartbeats in 1.5 s at a 0.3 s interval"
+
+
 def _raw_stream(server, path, rcvbuf=None):
     sock = socket.socket()
     if rcvbuf:

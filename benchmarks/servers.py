@@ -1,0 +1,248 @@
+"""Start and stop each system under test, and the private redis-server they share.
+
+Every process is started here with its own log file in the run's temporary directory, bound to
+127.0.0.1 only, and stopped (SIGTERM, then SIGKILL) by its process id when the scenario ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks import procstat
+from benchmarks.loadgen import free_port
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CHANNEL = "bench"  # the Redis channel every system subscribes to; also the relay channel
+
+
+# ``--pin``: the system under test gets CPU 0 to itself; the load client, the publisher and Redis
+# share the others. Set by run.py before anything starts; None leaves scheduling to the kernel.
+PIN: dict[str, set[int] | None] = {"server": None, "load": None}
+
+
+def pin(role: str) -> None:
+    cpus = PIN.get(role)
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the benchmark process dies, however it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _server_child() -> None:
+    die_with_parent()
+    pin("server")
+
+
+def _load_child() -> None:
+    die_with_parent()
+    pin("load")
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}; log {log}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s; log {log}:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for pid in reversed(procstat.tree(proc.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(5)
+
+
+class RedisServer:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.log = workdir / "redis.log"
+        self.proc: subprocess.Popen | None = None
+        self.client = None
+
+    def start(self) -> RedisServer:
+        import redis
+
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--maxclients", "15000", "--dir", str(self.workdir), "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_load_child)
+        _wait_port(self.port, 10, self.proc, self.log)
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, client_name="bench-control")
+        self.client.ping()
+        return self
+
+    def server_connections(self) -> int:
+        """Connections that are not the benchmark's own (named ``bench-…``)."""
+        return sum(1 for c in self.client.client_list() if not c.get("name", "").startswith("bench-"))
+
+    def subscribers(self, channel: str) -> int:
+        return dict(self.client.pubsub_numsub(channel)).get(channel.encode(), 0)
+
+    def cpu_seconds(self) -> float:
+        return procstat.cpu_seconds([self.proc.pid]) if self.proc else 0.0
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        _stop(self.proc)
+
+
+class System:
+    """One system under test; subclasses say how to start it and where its stream is."""
+
+    name = ""
+    stream_path = ""
+    headers_with_first_event = False  # Flask-SSE answers a stream only when its first event comes
+    subscribes_per_client = False  # Flask-SSE opens one Redis connection per client
+
+    def __init__(self, workdir: Path, redis_port: int):
+        self.workdir = workdir / self.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis_port = redis_port
+        self.port = free_port()
+        self.log = self.workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str], Path]:
+        raise NotImplementedError
+
+    def start(self, redis: RedisServer, timeout: float = 30.0) -> System:
+        cmd, env, cwd = self.command()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=_server_child)
+        _wait_port(self.port, timeout, self.proc, self.log)
+        self.wait_ready(redis, timeout)
+        return self
+
+    def wait_ready(self, redis: RedisServer, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while redis.subscribers(CHANNEL) < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} never subscribed to Redis; log {self.log}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; log {self.log}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def pids(self) -> list[int]:
+        return procstat.tree(self.proc.pid) if self.proc else []
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Relay(System):
+    name = "relay"
+    stream_path = f"/events/{CHANNEL}"
+
+    def command(self):
+        env = _base_env()
+        env.update({
+            "RELAY_BIND": f"127.0.0.1:{self.port}",
+            "RELAY_WORKERS": "1",
+            "RELAY_DATA_DIR": str(self.workdir / "data"),
+            "RELAY_GRACEFUL_TIMEOUT": "3",
+            "RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
+            "RELAY_REDIS_CHANNELS": CHANNEL,
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        })
+        # The repository's gunicorn.conf.py: one gevent worker, 10,000 connections, fd limit raised.
+        cmd = [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"), "relay.wsgi_app:app"]
+        return cmd, env, REPO
+
+
+class FlaskSSE(System):
+    name = "flask-sse"
+    stream_path = f"/stream?channel={CHANNEL}"
+    headers_with_first_event = True
+    subscribes_per_client = True
+
+    def command(self):
+        env = _base_env()
+        env["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}"
+        env["PYTHONPATH"] = str(HERE)
+        # Flask-SSE's documented deployment: gunicorn's gevent worker, everything else default
+        # (so worker_connections = 1000). No control socket: several gunicorns share this host.
+        cmd = [sys.executable, "-m", "gunicorn", "flask_sse_app:app", "--worker-class", "gevent",
+               "--bind", f"127.0.0.1:{self.port}", "--no-control-socket"]
+        return cmd, env, self.workdir
+
+    def wait_ready(self, redis, timeout):
+        # Flask-SSE subscribes per client: ready when it answers HTTP.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flask-sse not ready; log {self.log}")
+            time.sleep(0.1)
+
+
+class Node(System):
+    name = "node"
+    stream_path = f"/events/{CHANNEL}"
+
+    def command(self):
+        node_dir = HERE / "node"
+        if not (node_dir / "node_modules").is_dir():
+            npm = shutil.which("npm")
+            if not npm:
+                raise RuntimeError("npm is not installed: the Node peer cannot be set up")
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=node_dir, check=True,
+                           timeout=300)
+        env = _base_env()
+        env.update({"PORT": str(self.port), "HOST": "127.0.0.1", "CHANNELS": CHANNEL,
+                    "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}"})
+        return [shutil.which("node") or "node", str(node_dir / "server.js")], env, node_dir
+
+
+SYSTEMS = {cls.name: cls for cls in (Relay, FlaskSSE, Node)}
