@@ -1,6 +1,6 @@
 """The in-process bus: one blinker signal, with the channel name as sender.
 
-Receivers connect to one channel (``subscribe``) or to every channel (``subscribe_all``) and are
+Receivers connect to a channel (``subscribe``) and are
 called as ``receiver(channel, event=event)``, blinker's own convention. ``send`` calls each
 receiver in its own ``try`` so one failing receiver never keeps an event from the others.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from blinker import ANY, Signal
+from blinker import Signal
 
 from relay.event import Event
 
@@ -37,9 +37,6 @@ class Bus:
 
     def subscribe(self, channel: str, receiver: Receiver) -> None:
         self.signal.connect(receiver, sender=channel, weak=False)
-
-    def subscribe_all(self, receiver: Receiver) -> None:
-        self.signal.connect(receiver, sender=ANY, weak=False)
 
     def unsubscribe(self, receiver: Receiver) -> None:
         """Remove ``receiver`` from every channel it was subscribed to."""

@@ -14,7 +14,6 @@ import difflib
 import os
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 __all__ = ["ConfigError", "Option", "Section", "Config", "load_config", "read_toml", "CORE_SECTIONS"]
@@ -298,10 +297,3 @@ def load_config(raw: Mapping[str, Any], sections: list[Section], source: str = "
     if problems:
         raise ConfigError(problems)
     return Config(values, present, source)
-
-
-def data_dir(config: Config) -> Path:
-    """The data directory, created on first use."""
-    path = Path(config.section("")["data_dir"])
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -29,11 +29,6 @@ class Stats:
         if gauge is not None:
             (gauge.labels(**labels) if labels else gauge).set(value)
 
-    def get(self, name: str, **labels: str) -> int:
-        """The sum over every label set that includes ``labels``."""
-        wanted = set(labels.items())
-        return sum(n for (key, lab), n in self._counts.items() if key == name and wanted <= set(lab))
-
     def snapshot(self) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
         for (name, labels), count in sorted(self._counts.items()):
