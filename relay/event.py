@@ -10,6 +10,7 @@ from typing import Any
 from relay.sse import encode_event, has_forbidden_characters
 
 MAX_NAME_LENGTH = 256  # channel, event name and id: long enough for any real use, short to resume on
+MAX_DEPTH = 32  # nesting of arrays and objects in data; deeper is refused on every ingress
 
 
 class InvalidEvent(ValueError):
@@ -20,8 +21,64 @@ class InvalidEvent(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class InvalidJSON(ValueError):
+    """Text that is not acceptable JSON. ``reason`` is ``"not_json"`` or ``"too_deep"``."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse untrusted JSON: NaN/Infinity refused, nesting bounded by ``max_depth``.
+
+    :raises InvalidJSON: with reason ``not_json`` or ``too_deep`` and a message for humans.
+    """
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidJSON("too_deep", f"nesting is deeper than {max_depth} levels, the limit") from None
+    except ValueError as exc:
+        raise InvalidJSON("not_json", f"not valid JSON: {exc}") from None
+    depth = json_depth(value, max_depth)
+    if depth > max_depth:
+        raise InvalidJSON("too_deep", f"nesting is deeper than {max_depth} levels, the limit")
+    return value
+
+
+def json_depth(value: Any, stop_after: int = MAX_DEPTH) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0); stops counting past
+    ``stop_after``. Iterative, so a hostile value cannot exhaust the stack."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, (list, tuple)):
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > stop_after:
+                return deepest
+        stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list, tuple)))
+    return deepest
+
+
+def check_text(field: str, value: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (a lone surrogate such as JSON's ``"\\ud800"``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(field, f"holds {value[exc.start:exc.end]!a} at character {exc.start}, "
+                                  "which cannot be encoded as UTF-8 (a lone surrogate)") from None
+
+
 def check_name(field: str, value: Any, *, required: bool = True) -> None:
-    """Validate a channel, event name or id: a non-empty string, bounded, no CR, LF or NUL."""
+    """Validate a channel, event name or id: a non-empty string, bounded, UTF-8, no CR, LF or NUL."""
     if value is None and not required:
         return
     if not isinstance(value, str):
@@ -32,16 +89,26 @@ def check_name(field: str, value: Any, *, required: bool = True) -> None:
         raise InvalidEvent(field, f"is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
     if has_forbidden_characters(value):
         raise InvalidEvent(field, "must not contain CR, LF or NUL")
+    check_text(field, value)
 
 
 def encode_data(data: Any) -> str:
-    """The text sent as SSE ``data``: strings as they are, everything else as compact JSON."""
+    """The text sent as SSE ``data``: strings as they are, everything else as compact JSON.
+
+    :raises InvalidEvent: for data that is not JSON, nests deeper than :data:`MAX_DEPTH`, or
+        holds text that cannot be encoded as UTF-8 (in a value or a key, at any depth).
+    """
     if isinstance(data, str):
+        check_text("data", data)
         return data
+    if json_depth(data) > MAX_DEPTH:
+        raise InvalidEvent("data", f"nests deeper than {MAX_DEPTH} levels, the limit")
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEvent("data", f"is not JSON-serialisable: {exc}") from None
+    check_text("data", text)  # a surrogate in any key or value, at any depth
+    return text
 
 
 @dataclass(slots=True, eq=False)
