@@ -189,6 +189,7 @@ class Relay(System):
             "RELAY_GRACEFUL_TIMEOUT": "3",
             "RELAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
             "RELAY_REDIS_CHANNELS": CHANNEL,
+            "RELAY_SSE_MAX_CONNECTIONS_PER_ADDRESS": "0",  # every load client connects from 127.0.0.1
             "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
         })
         # The repository's gunicorn.conf.py: one gevent worker, 10,000 connections, fd limit raised.

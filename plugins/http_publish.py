@@ -1,13 +1,18 @@
 """HTTP publishing: ``POST /events/<channel>`` with ``{"event": …, "data": …, "id": …}``.
 
 Answers ``202 {"id": …}`` once the event is in the backbone, or a JSON error saying what was
-wrong: ``400`` for a body that is not UTF-8 JSON, ``413`` over ``max_body_size``, ``422`` for a
-JSON body of the wrong shape. A rejected request publishes nothing.
+wrong: ``400`` for a body that is not UTF-8 JSON or nests deeper than ``MAX_DEPTH`` (32),
+``408`` for a body slower than ``body_timeout``, ``413`` over ``max_body_size``, ``415`` without
+``Content-Type: application/json``, ``422`` for a JSON body of the wrong shape. A rejected request
+publishes nothing.
+
+Requiring ``application/json`` is also what stops cross-site forms: a browser sends a form, or a
+``fetch`` with a "simple" content type, to any site without asking, but a JSON one only after a
+CORS preflight that ``cors_origins`` decides.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import OrderedDict
@@ -17,13 +22,9 @@ from flask import Blueprint, jsonify, request
 from relay import hookimpl
 from relay.backbone import BackboneUnavailable
 from relay.config import Option, Section
-from relay.event import Event, InvalidEvent, check_name
+from relay.event import MAX_DEPTH, Event, InvalidEvent, InvalidJSON, check_name, loads_json
 
 FIELDS = ("event", "data", "id")
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _error(status: int, error: str, message: str):
@@ -72,6 +73,10 @@ def relay_init_app(app, relay):
 
     @blueprint.post("/events/<channel>")
     def publish(channel: str):
+        if request.mimetype != "application/json":  # parameters such as charset are allowed
+            got = f"got {request.content_type!r}" if request.content_type else "the request has none"
+            return refuse(415, "unsupported_media_type", f"Content-Type must be application/json; {got}",
+                          "wrong_content_type")
         decision = relay.authorize(request, "publish", [channel])
         if not decision.allowed:
             return refuse(decision.status, "unauthorized" if decision.status == 401 else "forbidden",
@@ -84,15 +89,18 @@ def relay_init_app(app, relay):
                                           f"retry in {wait:.1f}s", "rate_limited")
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 return response, status
-        body = request.get_data(cache=False)  # over max_body_size: 413 before we see it
+        body = request.get_data(cache=False)  # read whole by relay.app: 408 or 413 before we get here
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return refuse(400, "invalid_body", f"the body is not UTF-8: {exc}", "not_utf8")
         try:
-            message = json.loads(text, parse_constant=_reject_constant)
-        except ValueError as exc:
-            return refuse(400, "invalid_json", f"the body is not valid JSON: {exc}", "not_json")
+            message = loads_json(text, MAX_DEPTH + 1)  # the body object is one level above data
+        except InvalidJSON as exc:
+            if exc.reason == "too_deep":
+                return refuse(400, "invalid_json", f"the body: nesting is deeper than {MAX_DEPTH} levels "
+                              "(the limit for data)", exc.reason)
+            return refuse(400, "invalid_json", f"the body: {exc}", exc.reason)
         if not isinstance(message, dict):
             return refuse(422, "invalid_event", f"the body must be a JSON object, got {type(message).__name__}",
                           "wrong_shape")

@@ -8,12 +8,18 @@ set headers); services send ``Authorization: Bearer <token>``.
 
 Secure default: a relay bound to a non-loopback address with no key refuses to start unless
 ``allow_anonymous_publish = true`` says that open publishing is intended.
+
+A cookie is sent by the browser whatever page made the request, so a token from the cookie may
+publish only from a page of the relay's own origin or of one listed in ``cors_origins`` (checked
+with ``Origin``, or ``Sec-Fetch-Site: same-origin`` when a browser sends no ``Origin``).
+Services, which send no ``Origin``, put the token in ``Authorization: Bearer`` instead.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from pathlib import Path
 
 import jwt
@@ -24,6 +30,7 @@ from relay.auth import Decision, matches
 from relay.config import ConfigError, Option, Section
 
 SECTION = "auth"
+MIN_HS_KEY_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash output
 
 
 def _check_public_key(value: str) -> str | None:
@@ -36,6 +43,15 @@ def _check_public_key(value: str) -> str | None:
     return None
 
 
+def _check_hs_key(value: str) -> str | None:
+    # Never quote the key itself: the message goes to logs.
+    size = len(value.encode("utf-8"))
+    if value and size < MIN_HS_KEY_BYTES:
+        return (f"is {size} bytes long; an HS256 key needs at least {MIN_HS_KEY_BYTES} random bytes "
+                "(RFC 7518 3.2), e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return None
+
+
 def _pem(value: str) -> str:
     """``jwt_public_key`` holds the PEM text itself or the path of a file with it."""
     return value if value.lstrip().startswith("-----BEGIN") else Path(value).read_text()
@@ -44,8 +60,8 @@ def _pem(value: str) -> str:
 @hookimpl
 def relay_config_sections():
     return [Section(SECTION, (
-        Option("jwt_key", str, "", "HS256 secret that signs tokens; setting it turns authorisation on",
-               env="RELAY_JWT_KEY"),
+        Option("jwt_key", str, "", "HS256 secret that signs tokens (32 bytes or more); setting it turns "
+               "authorisation on", env="RELAY_JWT_KEY", check=_check_hs_key),
         Option("jwt_public_key", str, "", "RS256 public key (PEM text or a file path); instead of jwt_key",
                env="RELAY_JWT_PUBLIC_KEY", check=_check_public_key),
         Option("public_channels", list, [], "channel globs anyone may subscribe to without a token",
@@ -57,19 +73,45 @@ def relay_config_sections():
     ), "Authorisation with JSON Web Tokens.")]
 
 
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an origin or URL, default ports filled in; None if unusable."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip().lower())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    return (parts.scheme, parts.hostname, port) if parts.scheme and parts.hostname else None
+
+
 class Verifier:
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, cors_origins: list[str] = ()):
         self.settings = settings
+        # "*" lets any page read streams; it never lets any page publish with the cookie.
+        self.trusted_origins = {_origin(o) for o in cors_origins if o != "*"} - {None}
         if settings["jwt_public_key"]:
             self.key, self.algorithms = _pem(settings["jwt_public_key"]), ["RS256"]
         else:
             self.key, self.algorithms = settings["jwt_key"], ["HS256"]
 
-    def token(self, request: Request) -> str | None:
+    def token(self, request: Request) -> tuple[str | None, str]:
+        """The token and where it came from: ``"header"``, ``"cookie"`` or ``"query"``."""
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("bearer "):
-            return header[7:].strip()
-        return request.cookies.get(self.settings["cookie"]) or request.args.get("access_token")
+            return header[7:].strip(), "header"
+        cookie = request.cookies.get(self.settings["cookie"])
+        if cookie:
+            return cookie, "cookie"
+        return request.args.get("access_token"), "query"
+
+    def from_trusted_page(self, request: Request) -> bool:
+        """True when a browser says the request comes from the relay's own origin (as reached:
+        scheme and Host) or from one listed in ``cors_origins``."""
+        origin = request.headers.get("Origin")
+        if origin is None:  # browsers that send no Origin on a POST do send Sec-Fetch-Site
+            return request.headers.get("Sec-Fetch-Site", "").lower() == "same-origin"
+        sent = _origin(origin)  # "null" (sandboxed pages, some redirects) gives None: refused
+        return sent is not None and (sent == _origin(f"{request.scheme}://{request.host}")
+                                     or sent in self.trusted_origins)
 
     def claims(self, token: str) -> dict | str:
         """The token's ``relay`` claim, or a message saying why the token is unusable."""
@@ -96,7 +138,13 @@ class Verifier:
         return {"sub": payload.get("sub"), **claim}
 
     def decide(self, request: Request, action: str, channels: list[str]) -> Decision:
-        token = self.token(request)
+        token, source = self.token(request)
+        if action == "publish" and source == "cookie" and not self.from_trusted_page(request):
+            origin = request.headers.get("Origin")
+            return Decision.deny(403, f"a token from the {self.settings['cookie']!r} cookie may publish only from "
+                                      "a page of this relay's own origin or of one in cors_origins; Origin is "
+                                      f"{'absent' if origin is None else repr(origin)}; other clients send the "
+                                      "token as Authorization: Bearer")
         public_channels = self.settings["public_channels"] if action == "subscribe" else []
         public = all(matches(c, public_channels) for c in channels)
         if token is None:
@@ -139,7 +187,7 @@ def relay_init_app(app, relay):
                            "set auth.jwt_key (or jwt_public_key), or allow_anonymous_publish = true "
                            "(RELAY_ALLOW_ANONYMOUS_PUBLISH=1) if that is intended"])
     if keyed:
-        relay.extensions["jwt_auth"] = Verifier(settings)
+        relay.extensions["jwt_auth"] = Verifier(settings, relay.config.section("")["cors_origins"])
 
 
 @hookimpl

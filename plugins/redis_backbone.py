@@ -12,6 +12,17 @@ loses its subscription it reads what it missed from the streams before going liv
 
 Events from sources (Redis pub/sub, Kafka) do not go through the streams: every worker reads the
 broker itself, so they are delivered where they arrive.
+
+Redis may lose what it acknowledged (a restart without persistence, an AOF or RDB that ends
+before the last events, a failover to a replica that lagged). Redis comes back with a consistent
+but shorter history, and nothing in it says so. The first script to run on a new Redis process
+(its ``run_id`` differs from the one stored with the data) therefore writes down a *restart*:
+``S0``, the counter it found (the last event that survived), and ``R``, a time after every id
+that survived, where new ids begin (see :data:`NOTE_RESTART`). An id issued before the restart
+(``ms < R``) whose counter is above ``S0`` was lost. A worker that had heard such events finds
+out when its subscription comes back: it records the loss (so that resumes from before it are
+told too, on every worker), and tells its live streams. A resume that crosses a loss gets
+``Replay(reason="lost")``: a ``relay-missed`` event, then what is left.
 """
 
 from __future__ import annotations
@@ -37,22 +48,78 @@ CONNECTION_ERRORS = (redis.RedisError, OSError)
 
 log = logging.getLogger("relay.backbone.redis")
 
+# Run first by every script that reads or writes the dataset. Redis gives a new run_id to every
+# process it starts (a restart, a promoted replica); when it differs from the one stored with
+# the data, Redis may have come back with less than it acknowledged. Write down where that data
+# ends (S0: the counter found) and where new ids begin (R: after the clock found and now), in
+# the hash KEYS[4] (field R, value "S0 L"; L, the highest counter known to have been issued
+# before the restart, starts at S0 and grows when a worker reports having heard more).
+# KEYS: 1 clock, 2 counter, 3 run_id of the process that holds the data, 4 restarts.
+NOTE_RESTART = """
+local info = redis.call('INFO', 'server')
+local at = string.find(info, 'run_id:', 1, true)
+if not at then return redis.error_reply('relay: INFO server shows no run_id, so a restart cannot be told') end
+local run = string.sub(info, at + 7, at + 46)
+if redis.call('GET', KEYS[3]) ~= run then
+  local now = redis.call('TIME')
+  local r = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local clock = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if r <= clock then r = clock + 1 end
+  local s0 = redis.call('GET', KEYS[2]) or '0'
+  redis.call('SET', KEYS[1], r)
+  redis.call('HSET', KEYS[4], r, s0 .. ' ' .. s0)
+  redis.call('SET', KEYS[3], run)
+  if redis.call('HLEN', KEYS[4]) > tonumber(ARGV[#ARGV]) then
+    local oldest = nil
+    for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+      if oldest == nil or tonumber(field) < tonumber(oldest) then oldest = field end
+    end
+    redis.call('HDEL', KEYS[4], oldest)
+  end
+end
+"""
+
 # Numbers the event from one counter (so ids order across channels), keeps it in its channel's
 # stream and announces it, atomically: every worker hears events in the order they were stored.
-PUBLISH_SCRIPT = """
+# KEYS 5: the stream, 6: the announcement channel.
+PUBLISH_SCRIPT = NOTE_RESTART + """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if ms < last then ms = last end
-redis.call('SET', KEYS[2], ms)
-local id = ms .. '-' .. redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[3])
+redis.call('SET', KEYS[1], ms)
+local id = ms .. '-' .. redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[3])
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', (ms - tonumber(ARGV[2])) .. '-0')
+  redis.call('XTRIM', KEYS[5], 'MINID', '~', (ms - tonumber(ARGV[2])) .. '-0')
 end
-redis.call('PUBLISH', KEYS[4], id .. '\\n' .. ARGV[3])
+redis.call('PUBLISH', KEYS[6], id .. '\\n' .. ARGV[3])
 return id
 """
+
+# Was anything lost after the id ARGV[1]-ARGV[2]? It was, at a restart after it (ms < R), when
+# the id itself is past what survived (counter > S0) or when more than survived is known to have
+# been issued (L > S0). With ARGV[3] = 1 (a worker reporting its last heard id, never a client:
+# a client's id is not trusted) the id raises L. Returns 1 (lost) or 0.
+CHECK_SCRIPT = NOTE_RESTART + """
+local ms, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lost = 0
+local restarts = redis.call('HGETALL', KEYS[4])
+for i = 1, #restarts, 2 do
+  local s0, known = string.match(restarts[i + 1], '^(%d+) (%d+)$')
+  s0, known = tonumber(s0), tonumber(known)
+  if ms < tonumber(restarts[i]) and (seq > s0 or known > s0) then
+    lost = 1
+    if ARGV[3] == '1' and seq > known then
+      redis.call('HSET', KEYS[4], restarts[i], s0 .. ' ' .. ARGV[2])
+    end
+  end
+end
+return lost
+"""
+
+RESTARTS_KEPT = 100  # restarts remembered: a resume from before older ones is not checked
+MISSED_EVENT = "relay-missed"  # what the SSE sink sends first when a resume cannot replay everything
 
 
 def stream_key(prefix: str, channel: str) -> str:
@@ -103,10 +170,15 @@ class RedisBackbone(Backbone):
         self.prefix = settings["prefix"]
         self.notify_channel = f"{self.prefix}events"
         # Recent events, local and shared, for fast resume; it numbers events for this worker.
-        self.memory = MemoryBackbone(relay.history_size)
+        self.memory = MemoryBackbone(relay.history_size, history_bytes=relay.history_bytes,
+                                     total_bytes=relay.history_total_bytes)
         self.reader = StreamReader(self)
         self._pool: redis.BlockingConnectionPool | None = None
         self._script = None
+        self._check = None
+        # Set when this worker finds that Redis lost events: the last id it had heard then.
+        # A resume from it or before crossed the loss, even when this memory can replay it.
+        self.lost_up_to: tuple[int, int] | None = None
 
     # Connections are made on first use, in the worker (after fork), never at import.
     def client(self) -> redis.Redis:
@@ -128,16 +200,34 @@ class RedisBackbone(Backbone):
         if self._script is None:
             self._script = self.client().register_script(PUBLISH_SCRIPT)
         try:
-            event.id = self._script(keys=[stream_key(self.prefix, event.channel), f"{self.prefix}clock",
-                                          f"{self.prefix}seq", self.notify_channel],
+            event.id = self._script(keys=[*self._dataset_keys(), stream_key(self.prefix, event.channel),
+                                          self.notify_channel],
                                     args=[self.settings["maxlen"], int(self.settings["max_age"] * 1000),
-                                          encode(event)]).decode()
+                                          encode(event), RESTARTS_KEPT]).decode()
         except CONNECTION_ERRORS as exc:
             raise BackboneUnavailable(f"redis backbone: {type(exc).__name__}: {exc}") from exc
         return event  # delivered when the announcement comes back, here as on every worker
 
+    def _dataset_keys(self) -> list[str]:
+        return [f"{self.prefix}clock", f"{self.prefix}seq", f"{self.prefix}run", f"{self.prefix}restarts"]
+
+    def lost_after(self, event_id: tuple[int, int], heard: bool = False) -> bool:
+        """Did Redis lose events it had acknowledged after ``event_id``?
+
+        :param heard: ``True`` when this worker heard ``event_id`` announced (so it did exist):
+            the loss is then recorded for every later resume from before it.
+        """
+        if self._check is None:
+            self._check = self.client().register_script(CHECK_SCRIPT)
+        ms, seq = event_id
+        return self._check(keys=self._dataset_keys(), args=[ms, seq, int(heard), RESTARTS_KEPT]) == 1
+
     def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
-        return self.memory.replay(channels, last_event_id, limit)
+        replay = self.memory.replay(channels, last_event_id, limit)
+        if replay is not None and self.lost_up_to and STREAM_ID.match(last_event_id) \
+                and id_key(last_event_id) <= self.lost_up_to:
+            return Replay(replay.events, complete=False, reason="lost")
+        return replay
 
     def replay_stored(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
         if not STREAM_ID.match(last_event_id):
@@ -150,6 +240,9 @@ class RedisBackbone(Backbone):
 
     def _replay_from_streams(self, channels, last_event_id, limit) -> Replay:
         client, after = self.client(), id_key(last_event_id)
+        # Asked first: a restart of Redis is recorded before the streams are read. Ids given after
+        # a restart are above every id given before it, so XRANGE finds the new events either way.
+        lost = self.lost_after(after)
         events, complete = [], True
         for channel in channels:
             key = stream_key(self.prefix, channel)
@@ -167,6 +260,8 @@ class RedisBackbone(Backbone):
         events.sort(key=lambda e: id_key(e.id))
         if len(events) > limit:
             events, complete = events[-limit:], False
+        if lost:
+            return Replay(events, complete=False, reason="lost")
         return Replay(events, complete, "" if complete else "evicted")
 
     def sources(self) -> list[Source]:
@@ -252,12 +347,36 @@ class StreamReader(Source):
         if not self.last_ids:
             return
         client, caught = self.backbone.client(), 0
+        self._check_for_loss(relay)
         for channel, (ms, seq) in list(self.last_ids.items()):
             for entry_id, fields in client.xrange(stream_key(self.backbone.prefix, channel), f"({ms}-{seq}", "+"):
                 self._deliver(relay, decode(entry_id.decode(), fields[b"e"]))
                 caught += 1
         if caught:
             log.info("redis backbone: delivered %d event(s) stored while the subscription was down", caught)
+
+    def _check_for_loss(self, relay) -> None:
+        """After Redis restarted: did it lose events this worker heard? Then record it (resumes
+        from before are told) and say so, to the operator and to the live streams."""
+        heard = max(self.last_ids.values())
+        if self.backbone.lost_up_to and heard <= self.backbone.lost_up_to:
+            return  # already reported, and nothing heard since
+        if not self.backbone.lost_after(heard, heard=True):
+            return
+        relay.stats.incr("backbone_lost")
+        self.backbone.lost_up_to = max(heard, self.backbone.lost_up_to or heard)
+        log.warning("redis backbone: Redis lost events it had acknowledged: this worker heard up to %d-%d, "
+                    "Redis came back with less. Resumes from before the loss and live streams here get "
+                    "relay-missed (reason 'lost'). See Redis persistence in docs/deployment.md.", *heard)
+        for channel, last in self.last_ids.items():
+            self._tell_live_clients(relay, channel, last)
+
+    def _tell_live_clients(self, relay, channel: str, last: tuple[int, int]) -> None:
+        """Live streams of ``channel`` may have missed lost events this worker never heard (their
+        announcement was in flight when Redis died): say so, as a resume would. Through the bus
+        only, to the browsers of this worker: it is not an event for the sinks (webhooks)."""
+        notice = {"last_event_id": f"{last[0]}-{last[1]}", "reason": "lost", "channels": [channel]}
+        relay.bus.send(Event(channel, MISSED_EVENT, notice, source=self.name))
 
     def stop(self) -> None:
         super().stop()

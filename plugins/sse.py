@@ -13,6 +13,7 @@ be replayed, a ``relay-missed`` event comes first. Idle streams get a comment ev
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ from flask import Blueprint, Response, jsonify, request
 from gevent.hub import Waiter, get_hub
 
 from relay import hookimpl
+from relay.app import close_connection_after
 from relay.backbone import Replay
-from relay.config import Option, Section
+from relay.config import ConfigError, Option, Section, check_networks
 from relay.event import InvalidEvent, check_name
 from relay.metrics import DELIVERY_LATENCY
 from relay.sse import encode_comment, encode_event, encode_retry
@@ -38,6 +40,9 @@ HEARTBEAT = encode_comment("heartbeat")
 log = logging.getLogger("relay.sse")
 
 
+DEFAULT_WORKER_CONNECTIONS = 10100  # relay.gunicorn_config's: 10,000 streams and 100 reserved
+
+
 @hookimpl
 def relay_config_sections():
     return [Section(SECTION, (
@@ -48,8 +53,15 @@ def relay_config_sections():
         Option("queue_size", int, 500, "events a client may fall behind before it is disconnected",
                env="RELAY_SSE_QUEUE_SIZE", min=1),
         Option("max_channels", int, 32, "channels one connection may subscribe to", min=1),
-        Option("max_connections", int, 10000, "open streams per worker; beyond it 503 with Retry-After",
-               env="RELAY_SSE_MAX_CONNECTIONS", min=1),
+        Option("max_connections", int, 0, "open streams per worker, beyond it 503 with Retry-After; 0: as many "
+               "as worker_connections less reserved_connections allows", env="RELAY_SSE_MAX_CONNECTIONS", min=0),
+        Option("reserved_connections", int, 100, "connections per worker kept free of streams, for /healthz, "
+               "/metrics and publishing", env="RELAY_SSE_RESERVED_CONNECTIONS", min=1),
+        Option("max_connections_per_address", int, 100, "open streams per client address per worker, beyond it "
+               "429 with Retry-After; 0 turns the limit off", env="RELAY_SSE_MAX_CONNECTIONS_PER_ADDRESS", min=0),
+        Option("trusted_proxies", list, [], "addresses or networks of reverse proxies whose X-Forwarded-For "
+               "names the client address (otherwise it is ignored)", env="RELAY_SSE_TRUSTED_PROXIES",
+               check=check_networks),
         Option("refused_retry_after", int, 5, "seconds in the Retry-After of a refused stream", min=1),
     ), "The Server-Sent Events sink.")]
 
@@ -176,20 +188,17 @@ class Hub:
             yield self.retry_frame
             replayed: set[str] = set()
             if last_event_id is not None:
-                if len(last_event_id) > MAX_LAST_EVENT_ID:  # untrusted input: never look it up
-                    replay = Replay([], complete=False, reason="unknown-id")
-                    last_event_id = last_event_id[:MAX_LAST_EVENT_ID]
-                else:
-                    replay = relay.replay(client.channels, last_event_id)
+                replay = self._replay(client, last_event_id)
                 head = []
                 if not replay.complete:
                     relay.stats.incr("sse_missed", reason=replay.reason)
+                    # ensure_ascii: whatever the client sent is echoed as encodable text
                     head.append(encode_event(json.dumps(
-                        {"last_event_id": last_event_id, "reason": replay.reason, "channels": client.channels},
-                        separators=(",", ":")), MISSED_EVENT))
-                head.extend(event.frame for event in replay.events)
-                replayed = {event.id for event in replay.events}
-                if head:
+                        {"last_event_id": last_event_id[:MAX_LAST_EVENT_ID], "reason": replay.reason,
+                         "channels": client.channels}, separators=(",", ":")), MISSED_EVENT))
+                head.append(self._frames(replay.events))  # skips any that cannot be framed
+                replayed = {(event.channel, event.id) for event in replay.events}  # ids are per channel
+                if any(head):
                     yield b"".join(head)
             yield from self._live(client, replayed)
         finally:
@@ -216,17 +225,78 @@ class Hub:
             if not events:
                 continue
             if replayed:
-                while events and events[0].id in replayed:  # already sent as part of the replay
+                while events and (events[0].channel, events[0].id) in replayed:  # already sent in the replay
                     del events[0]
                 if events:
                     replayed = set()  # live events are in order: no more overlap
                 else:
                     continue
-            if len(events) == 1:
-                yield events[0].frame
-            else:
-                yield b"".join([event.frame for event in events])
+            try:
+                data = events[0].frame if len(events) == 1 else b"".join([event.frame for event in events])
+            except Exception:  # noqa: BLE001 - one event that cannot be framed must not end the stream
+                data = self._frames(events)
+            if data:  # empty when every event was skipped (gunicorn would end the body on b"")
+                yield data
             self._sample_latency(client, events[0])
+
+    def _replay(self, client: Client, last_event_id: str) -> Replay:
+        """What a client resuming after ``last_event_id`` missed; never raises.
+
+        The id is untrusted input: one that relay can never have given (over 256 characters, CR,
+        LF or NUL, text that is not UTF-8) is never looked up and counts as unknown, so the client
+        gets ``relay-missed`` and goes live; an EventSource answered with an error instead would
+        stop reconnecting for good.
+        """
+        try:
+            check_name("Last-Event-ID", last_event_id)
+        except InvalidEvent:
+            return Replay([], complete=False, reason="unknown-id")
+        try:
+            return self.relay.replay(client.channels, last_event_id)
+        except Exception:  # noqa: BLE001 - a broken lookup must not cost the client its stream
+            log.exception("resuming %s from %r failed", ",".join(client.channels), last_event_id)
+            self.relay.stats.incr("sse_replay_errors")
+            return Replay([], complete=False, reason="unavailable")
+
+    def _frames(self, events: list) -> bytes:
+        """The frames of ``events`` in one block, skipping any whose frame cannot be built."""
+        frames = []
+        for event in events:
+            try:
+                frames.append(event.frame)
+            except Exception as exc:  # noqa: BLE001 - e.g. a plugin changed a field after validation
+                self._unframeable(event, exc)
+        return b"".join(frames)
+
+    def _unframeable(self, event, exc: Exception) -> None:
+        # An empty frame marks the event as skipped: every other client, and every resume whose
+        # replay holds it, then skips it without trying again, and it is counted and logged once.
+        try:
+            event._frame = b""
+        except AttributeError:
+            pass  # not a relay.event.Event at all: this client skips it, the others try it again
+        self.relay.stats.incr("sse_unframeable")
+        log.error("skipped event %r on channel %r: its SSE frame cannot be built (%s: %s)",
+                  getattr(event, "id", None), getattr(event, "channel", None), type(exc).__name__, exc)
+
+    @staticmethod
+    def last_event_id(request) -> str | None:
+        """The client's ``Last-Event-ID`` header, else its ``lastEventId`` query parameter (for
+        polyfills); ``None`` when absent or empty (an empty id resets the client: it starts fresh).
+
+        WSGI hands headers over as latin-1-decoded text; browsers send the id as UTF-8, so the
+        header is decoded again as UTF-8 (so an id such as ``café`` resumes). Bytes that are not
+        UTF-8 become lone surrogates (``surrogateescape``): an id no event can have, answered with
+        ``relay-missed`` without a lookup.
+        """
+        value = request.headers.get("Last-Event-ID")
+        if value is None:
+            return request.args.get("lastEventId") or None
+        try:
+            value = value.encode("latin-1").decode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            pass  # a server that did not follow WSGI and decoded it already
+        return value or None
 
     @staticmethod
     def _sample_latency(client: Client, event) -> None:
@@ -234,7 +304,10 @@ class Hub:
         now = time.time()
         if now >= client.next_sample:
             client.next_sample = now + 1.0
-            DELIVERY_LATENCY.observe(max(0.0, now - event.timestamp))
+            try:
+                DELIVERY_LATENCY.observe(max(0.0, now - event.timestamp))
+            except TypeError:
+                pass  # a plugin replaced the timestamp with something that is not a number
 
     def close_all(self, reason: str) -> None:
         for client in list(self.clients):
@@ -245,10 +318,108 @@ def _error(status: int, message: str):
     return jsonify({"error": "invalid_request", "message": message}), status
 
 
+def stream_limit(settings: dict) -> int:
+    """The most streams one worker may hold.
+
+    gunicorn's gevent worker stops accepting connections once it holds ``worker_connections``
+    (``RELAY_WORKER_CONNECTIONS``, which gunicorn's on_starting sets from its own setting): if
+    streams could take them all, ``/healthz``, ``/metrics`` and publishing would hang. So
+    ``reserved_connections`` stay free of streams; ``max_connections`` defaults to the rest.
+
+    :raises ConfigError: naming the key, when the settings would let streams take every connection.
+    """
+    text = os.environ.get("RELAY_WORKER_CONNECTIONS") or str(DEFAULT_WORKER_CONNECTIONS)
+    if not text.isdigit():
+        raise ConfigError([f"RELAY_WORKER_CONNECTIONS: {text!r} is not a whole number"])
+    total, reserved, wanted = int(text), settings["reserved_connections"], settings["max_connections"]
+    room = total - reserved
+    if room < 1:
+        raise ConfigError([f"{SECTION}.reserved_connections: {reserved} leaves no room for streams in a worker's "
+                           f"{total} connections (RELAY_WORKER_CONNECTIONS); lower it or raise "
+                           "RELAY_WORKER_CONNECTIONS"])
+    if wanted > room:
+        raise ConfigError([f"{SECTION}.max_connections: {wanted} streams would leave fewer than reserved_connections "
+                           f"({reserved}) of a worker's {total} connections (RELAY_WORKER_CONNECTIONS) for /healthz, "
+                           f"/metrics and publishing; set it to {room} or less (0 does that), or raise "
+                           "RELAY_WORKER_CONNECTIONS"])
+    return wanted or room
+
+
+class ClientAddress:
+    """Where a request comes from, for ``max_connections_per_address``.
+
+    The peer's address; but when the peer is one of ``trusted_proxies``, the address that
+    ``X-Forwarded-For`` gives just before the trusted proxies: its rightmost untrusted entry, as
+    anything to the left of that the client may have written itself.
+    """
+
+    def __init__(self, trusted: list[str]):
+        self.trusted = [ipaddress.ip_network(value, strict=False) for value in trusted]
+
+    def __call__(self, request) -> str:
+        address = request.remote_addr or "unknown"
+        if not self.trusted or not self._trusted(address):
+            return address
+        forwarded = ",".join(request.headers.getlist("X-Forwarded-For")).split(",")
+        for hop in reversed([hop.strip() for hop in forwarded if hop.strip()]):
+            address = hop
+            if not self._trusted(hop):
+                break
+        return address
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+
+class CountedStream:
+    """A stream as gunicorn sees it: iterating it is iterating the generator itself (no extra
+    step per write); closing it, which gunicorn does whenever the response ends, also calls
+    ``release`` once (werkzeug's close callbacks are bypassed by ``direct_passthrough``)."""
+
+    __slots__ = ("release", "stream")
+
+    def __init__(self, stream, release):
+        self.stream, self.release = stream, release
+
+    def __iter__(self):
+        return self.stream
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            release, self.release = self.release, None
+            if release is not None:
+                release()
+
+
+def _refuse(relay, status: int, error: str, message: str, retry_after: int):
+    relay.stats.incr("sse_refused", reason=error)
+    log.warning("refused a stream: %s", message)
+    response = jsonify({"error": error, "message": message})
+    response.status_code = status
+    response.headers["Retry-After"] = str(retry_after)
+    close_connection_after(response)  # an idle kept-alive connection would hold what the limit frees
+    return response
+
+
 @hookimpl
 def relay_init_app(app, relay):
     hub = relay.extensions["sse"] = Hub(relay, relay.config.section(SECTION))
     blueprint = Blueprint("sse", __name__)
+    limit = stream_limit(hub.settings)
+    per_address = hub.settings["max_connections_per_address"]
+    client_address = ClientAddress(hub.settings["trusted_proxies"])
+    streams_from: dict[str, int] = {}  # open streams per client address, in this worker
+
+    def release(address: str) -> None:
+        left = streams_from.pop(address, 1) - 1
+        if left > 0:
+            streams_from[address] = left
 
     def open_stream(channels: list[str]):
         if not channels:
@@ -264,24 +435,24 @@ def relay_init_app(app, relay):
         if not decision.allowed:  # 401/403 also tell EventSource to stop reconnecting
             return jsonify({"error": "unauthorized" if decision.status == 401 else "forbidden",
                             "message": decision.message}), decision.status
-        if len(hub.clients) >= hub.settings["max_connections"]:
-            relay.stats.incr("sse_refused")
-            log.warning("refused a stream: %d connections is this worker's limit (sinks.sse.max_connections)",
-                        hub.settings["max_connections"])
-            response = jsonify({"error": "too_many_connections",
-                                "message": "this worker has reached its stream limit; retry later"})
-            response.status_code = 503
-            response.headers["Retry-After"] = str(hub.settings["refused_retry_after"])
-            return response
-        last_event_id = request.headers.get("Last-Event-ID", request.args.get("lastEventId"))
-        if last_event_id == "":
-            last_event_id = None  # an empty id resets the client: it starts fresh
+        retry_after = hub.settings["refused_retry_after"]
+        if len(hub.clients) >= limit:
+            return _refuse(relay, 503, "too_many_connections", f"this worker holds {limit} streams, its limit "
+                           f"({SECTION}.max_connections); retry later", retry_after)
+        address = client_address(request)
+        if per_address and streams_from.get(address, 0) >= per_address:
+            return _refuse(relay, 429, "too_many_connections_from_address",
+                           f"{address} already holds {per_address} streams on this worker, the limit per "
+                           f"client address ({SECTION}.max_connections_per_address); close one or retry later",
+                           retry_after)
+        last_event_id = hub.last_event_id(request)
         client = Client(list(dict.fromkeys(channels)), hub.settings["queue_size"],
                         request.environ.get("gunicorn.socket"))
         # direct_passthrough: the generator's bytes go to gunicorn as they are, without werkzeug's
         # encoding and closing wrappers (two calls per write, and stack every idle stream keeps).
-        response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8",
-                            direct_passthrough=True)
+        streams_from[address] = streams_from.get(address, 0) + 1
+        stream = CountedStream(hub.stream(client, last_event_id), lambda: release(address))
+        response = Response(stream, content_type="text/event-stream; charset=utf-8", direct_passthrough=True)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         response.headers["X-Relay-Worker"] = str(os.getpid())  # which worker serves it, for operators

@@ -2,21 +2,42 @@
 
 Ids the backbone assigns look like ``<boot>-<seq>``: ``boot`` changes with every process start,
 so an id from before a restart is recognised as unknown instead of being confused with a new
-event of the same number. Events that arrive with an id of their own (set by the publisher, or
-a broker position such as a Redis Streams id) keep it and are found through an index.
+event of the same number. They are positions in this process, valid for every channel.
+
+Events that arrive with an id of their own (chosen by the publisher, or a broker position such
+as a Redis Streams id) keep it, and are found through an index by ``(channel, id)``: an id
+means something only on its own channel, so whoever may publish on one channel can never
+move, hide or duplicate the events of another by reusing their ids.
+
+The history keeps, per channel, what a replay sends (the SSE frame) rather than the parsed
+event, and is bounded in events (``history_size``), in bytes per channel (``history_bytes``)
+and in bytes per process (``history_total_bytes``).
 """
 
 from __future__ import annotations
 
 import heapq
+import json
+import logging
 import re
+import sys
 import time
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
-from relay.event import Event
+from relay.event import Event, InvalidEvent
+
+log = logging.getLogger("relay.backbone")
+
+HISTORY_BYTES = 1 << 20  # default of ``history_bytes``: per channel
+HISTORY_TOTAL_BYTES = 256 << 20  # default of ``history_total_bytes``: per process
+# What keeping one event costs beyond its frame, id and name (measured with tracemalloc, rounded
+# up): the record, its slot in the deque and, for a publisher's id, its index entry.
+ENTRY_OVERHEAD = 320
+CHANNEL_OVERHEAD = 1024  # a channel's deque, dict entries and name, beyond its events
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -34,7 +55,8 @@ def _base36(number: int) -> str:
 class Replay:
     """What a resuming client gets before it goes live.
 
-    :param events: the events after the client's last id, oldest first.
+    :param events: the events after the client's last id, oldest first: :class:`relay.event.Event`
+        or, from the in-memory history, :class:`Kept` (both have ``channel``, ``id`` and ``frame``).
     :param complete: ``False`` when some events after that id can no longer be replayed.
     :param reason: why not complete: ``"unknown-id"`` or ``"evicted"``.
     """
@@ -44,21 +66,76 @@ class Replay:
     reason: str = ""
 
 
+@dataclass(slots=True, eq=False)
+class Kept:
+    """What the history keeps of an event: enough to replay it, not its parsed ``data``.
+
+    A 64 KB body of ``[[],[],…]`` parses into 1.6 MB of Python lists; its frame is 64 KB. A
+    replay only sends frames, so that is all the history holds. ``data`` and ``text`` are read
+    back from the frame, as a client reads them, for the rare consumer that wants them.
+    """
+
+    channel: str
+    event: str
+    id: str
+    seq: int
+    frame: bytes
+    is_json: bool  # ``data`` was not a string: the frame's data lines hold JSON
+    size: int = 0  # what keeping it costs, in bytes (frame, id, name and overhead)
+
+    @property
+    def text(self) -> str:
+        """The data as a client reads it (line breaks become LF)."""
+        lines = self.frame.decode("utf-8").split("\n")
+        return "\n".join(line[6:] for line in lines if line.startswith("data: "))
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.text) if self.is_json else self.text
+
+
+def keep(event: Event, channel: str | None = None) -> Kept:
+    """The history's record of ``event``; ``channel`` may be an equal string to share."""
+    frame = event.frame
+    size = sys.getsizeof(frame) + sys.getsizeof(event.id) + sys.getsizeof(event.event) + ENTRY_OVERHEAD
+    return Kept(channel or event.channel, event.event, event.id, event.seq, frame,
+                not isinstance(event.data, str), size)
+
+
 _STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_RESERVED_ID = re.compile(r"^[0-9]+-[0-9]+$|^kafka:")
+
+
+def check_chosen_id(event_id: str, boot: str = "") -> None:
+    """Refuse a publisher-chosen id that has the form of an id relay assigns itself.
+
+    ``<digits>-<digits>`` is a Redis stream entry id (the Redis backbone's ids, Redis Streams
+    entries), ``kafka:…`` a Kafka record, ``<boot>-<n>`` this process's own numbering: a resume
+    from such an id would be read as a position in that log, for every channel of the stream.
+
+    :raises InvalidEvent: naming ``id``.
+    """
+    number = event_id[len(boot) + 1:]
+    boot_form = bool(boot) and event_id.startswith(boot + "-") and number.isascii() and number.isdigit()
+    if _RESERVED_ID.match(event_id) or boot_form:
+        raise InvalidEvent("id", f"{event_id!r} has the form of an id relay assigns itself "
+                                 "('<digits>-<digits>', 'kafka:…' or this relay's '<boot>-<n>'); choose another")
 
 
 def merge_replays(replays: list[Replay], limit: int) -> Replay:
     """One replay out of several answers for the same id (a source's log and the backbone's).
 
-    Duplicate ids are dropped; when every id is a Redis stream id (``<ms>-<seq>``) the events
-    are put in time order, else the answers follow one another. Complete only if all are.
+    Duplicates (the same id on the same channel) are dropped; when every id is a Redis stream id
+    (``<ms>-<seq>``) the events are put in time order, else the answers follow one another.
+    Complete only if all are.
     """
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     events = []
     for replay in replays:
         for event in replay.events:
-            if event.id not in seen:
-                seen.add(event.id)
+            key = (event.channel, event.id)  # an id means something on its own channel only
+            if key not in seen:
+                seen.add(key)
                 events.append(event)
     matches = [_STREAM_ID.match(e.id or "") for e in events]
     if all(matches):
@@ -103,22 +180,46 @@ class Backbone:
         return {}
 
 
-class MemoryBackbone(Backbone):
-    """Bounded per-channel history in this process; the default backbone, for one worker."""
+class _History:
+    """One channel's kept events, oldest first, and what they cost."""
 
-    def __init__(self, history_size: int, max_channels: int = 10_000, deliver=None):
+    __slots__ = ("channel", "entries", "bytes", "floor")
+
+    def __init__(self, channel: str):
+        self.channel = channel
+        self.entries: deque[Kept] = deque()
+        self.bytes = 0
+        self.floor = 0  # the highest seq dropped: a resume from before it has missed something
+
+
+class MemoryBackbone(Backbone):
+    """Bounded per-channel history in this process; the default backbone, for one worker.
+
+    :param history_size: events kept per channel (0: no history).
+    :param max_channels: channels kept; the least recently published is forgotten beyond it.
+    :param history_bytes: bytes one channel's history may hold; its oldest events go first.
+    :param total_bytes: bytes every channel's history together may hold; the oldest events of
+        the least recently published channels go first.
+    """
+
+    def __init__(self, history_size: int, max_channels: int = 10_000, deliver=None,
+                 history_bytes: int = HISTORY_BYTES, total_bytes: int = HISTORY_TOTAL_BYTES):
         self.deliver = deliver
         self.history_size = history_size
         self.max_channels = max_channels
+        self.history_bytes = history_bytes
+        self.total_bytes = total_bytes
         self.boot = _base36(time.time_ns() // 1_000_000)
         self._seq = 0
-        self._history: OrderedDict[str, deque[Event]] = OrderedDict()  # least recently used first
-        self._evicted: dict[str, int] = {}  # per channel: the highest seq dropped from its history
+        self._history: OrderedDict[str, _History] = OrderedDict()  # least recently used first
+        self._bytes = 0  # what all histories cost, channel overheads included
         self._forgotten = 0  # the highest seq of any channel whose whole history was dropped
-        self._by_id: dict[str, int] = {}  # ids not assigned here -> seq
+        self._by_id: dict[tuple[str, str], int] = {}  # (channel, id not assigned here) -> seq
 
     def publish(self, event: Event, broadcast: bool = False) -> Event:
         """Number, remember and deliver at once: in one process every event is local."""
+        if broadcast and event.id is not None:  # chosen by an HTTP publisher
+            check_chosen_id(event.id, self.boot)
         return self.publish_local(event, self.deliver)
 
     def publish_local(self, event: Event, deliver) -> Event:
@@ -131,63 +232,95 @@ class MemoryBackbone(Backbone):
         """Number the event, give it an id if it has none, and keep it in its channel's history."""
         self._seq += 1
         event.seq = self._seq
-        if event.id is None:
+        chosen = event.id is not None
+        if not chosen:
             event.id = f"{self.boot}-{self._seq}"
-        else:
-            self._by_id[event.id] = self._seq
         if self.history_size:
-            self._remember(event)
+            self._remember(event, chosen)
         return event
 
-    def _remember(self, event: Event) -> None:
+    def _remember(self, event: Event, chosen: bool) -> None:
         history = self._history.get(event.channel)
         if history is None:
             if len(self._history) >= self.max_channels:
-                self._forget_oldest_channel()
-            history = self._history[event.channel] = deque()
+                self._forget(next(iter(self._history)))
+            history = self._history[event.channel] = _History(event.channel)
+            self._bytes += CHANNEL_OVERHEAD + sys.getsizeof(event.channel)
         else:
             self._history.move_to_end(event.channel)
-        history.append(event)
-        if len(history) > self.history_size:
-            self._drop(history.popleft())
+        try:
+            kept = keep(event, history.channel)
+        except Exception:  # noqa: BLE001 - no client can receive it either; never break a publish
+            log.exception("event %s on %r cannot be framed; not kept for resume", event.id, event.channel)
+            return
+        history.entries.append(kept)
+        history.bytes += kept.size
+        self._bytes += kept.size
+        if chosen:  # the first event with this id on this channel: a resume from it loses nothing
+            self._by_id.setdefault((history.channel, kept.id), kept.seq)
+        while history.entries and (len(history.entries) > self.history_size or history.bytes > self.history_bytes):
+            self._drop(history)
+        while self._bytes > self.total_bytes and self._history:  # the least recently used pay first
+            oldest = next(iter(self._history.values()))
+            if oldest.entries:
+                self._drop(oldest)
+            else:
+                self._forget(oldest.channel)
 
-    def _drop(self, old: Event) -> None:
-        self._evicted[old.channel] = old.seq
-        if self._by_id.get(old.id) == old.seq:
-            del self._by_id[old.id]
+    def _drop(self, history: _History) -> None:
+        """Drop the oldest event of ``history``; a resume from before it is told it missed some."""
+        old = history.entries.popleft()
+        history.bytes -= old.size
+        self._bytes -= old.size
+        history.floor = old.seq
+        key = (history.channel, old.id)
+        if self._by_id.get(key) == old.seq:
+            del self._by_id[key]
 
-    def _forget_oldest_channel(self) -> None:
-        channel, history = self._history.popitem(last=False)
-        for old in history:
-            self._drop(old)
-        self._forgotten = max(self._forgotten, self._evicted.pop(channel, 0))
+    def _forget(self, channel: str) -> None:
+        """Drop a whole channel's history (least recently used beyond a limit)."""
+        history = self._history[channel]
+        while history.entries:
+            self._drop(history)
+        del self._history[channel]
+        self._bytes -= CHANNEL_OVERHEAD + sys.getsizeof(channel)
+        self._forgotten = max(self._forgotten, history.floor)
 
-    def position(self, event_id: str) -> int | None:
-        """The seq of ``event_id``, or ``None`` when this process never saw it or forgot it."""
+    def position(self, event_id: str, channels: list[str] | tuple = ()) -> int | None:
+        """The seq a client that last saw ``event_id`` on one of ``channels`` is at, or ``None``
+        when this process never saw that id there or forgot it.
+
+        ``<boot>-<seq>`` ids are positions valid on every channel. Any other id is looked up on
+        the stream's own channels only. When the id could name several events (the same id on
+        two of the channels, or a publisher's id that looks like one of ours), the earliest
+        is taken: the client may get some events twice, but never misses one.
+        """
+        found = [self._by_id.get((channel, event_id)) for channel in channels]
         boot, _, number = event_id.rpartition("-")
-        if boot == self.boot and number.isdigit():
-            return int(number)
-        return self._by_id.get(event_id)
+        if boot == self.boot and number.isascii() and number.isdigit() and 0 < int(number) <= self._seq:
+            found.append(int(number))
+        found = [seq for seq in found if seq is not None]
+        return min(found) if found else None
 
     def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
-        after = self.position(last_event_id)
+        after = self.position(last_event_id, channels)
         if after is None:
             return None
         complete = True
         streams = []
         for channel in channels:
             history = self._history.get(channel)
-            floor = self._evicted.get(channel, 0) if history is not None else self._forgotten
+            floor = history.floor if history is not None else self._forgotten
             if after < floor:
                 complete = False
-            if history:
-                start = bisect_right(history, after, key=lambda e: e.seq)
-                streams.append(islice(history, start, None))
+            if history is not None and history.entries:
+                start = bisect_right(history.entries, after, key=lambda e: e.seq)
+                streams.append(islice(history.entries, start, None))
         events = list(heapq.merge(*streams, key=lambda e: e.seq))
         if len(events) > limit:
             events, complete = events[-limit:], False
         return Replay(events, complete, "" if complete else "evicted")
 
     def stats(self) -> dict[str, int]:
-        return {"channels": len(self._history), "events": sum(len(h) for h in self._history.values()),
-                "last_seq": self._seq}
+        return {"channels": len(self._history), "events": sum(len(h.entries) for h in self._history.values()),
+                "bytes": self._bytes, "last_seq": self._seq}

@@ -11,12 +11,14 @@ Precedence, lowest first: option defaults, the TOML file (or dict), environment 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-__all__ = ["ConfigError", "Option", "Section", "Config", "load_config", "read_toml", "CORE_SECTIONS"]
+__all__ = ["ConfigError", "Option", "Section", "Config", "load_config", "read_toml", "CORE_SECTIONS",
+           "check_networks"]
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,16 @@ class Config:
         return {path: dict(values) for path, values in self._values.items()}
 
 
+def check_networks(networks: list[str]) -> str | None:
+    """An ``Option(check=…)`` for lists of IP addresses or CIDR networks."""
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            return f"{network!r} is not an IP address or a CIDR network like '10.0.0.0/8' or '::1/128'"
+    return None
+
+
 def _check_origins(origins: list[str]) -> str | None:
     for origin in origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
@@ -109,8 +121,15 @@ CORE_SECTIONS = (
                    env="RELAY_BACKBONE", check=_check_backbone),
             Option("history_size", int, 1000, "events kept per channel for Last-Event-ID resume",
                    env="RELAY_HISTORY_SIZE", min=0),
+            Option("history_bytes", int, 1 << 20, "bytes of resume history kept per channel; the oldest "
+                   "events go first", env="RELAY_HISTORY_BYTES", min=1024),
+            Option("history_total_bytes", int, 256 << 20, "bytes of resume history kept per worker, all channels "
+                   "together; the least recently published channels lose events first",
+                   env="RELAY_HISTORY_TOTAL_BYTES", min=65536),
             Option("max_body_size", int, 65536, "largest accepted publish body, in bytes",
                    env="RELAY_MAX_BODY_SIZE", min=1),
+            Option("body_timeout", float, 10.0, "seconds a request body may take to arrive in full; "
+                   "slower gets 408", env="RELAY_BODY_TIMEOUT", min=0.1),
             Option("cors_origins", list, [], "origins allowed to publish and stream from a browser ('*' for any)",
                    env="RELAY_CORS_ORIGINS", check=_check_origins),
             Option("data_dir", str, "data", "directory for files plugins keep", env="RELAY_DATA_DIR"),

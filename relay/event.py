@@ -10,6 +10,7 @@ from typing import Any
 from relay.sse import encode_event, has_forbidden_characters
 
 MAX_NAME_LENGTH = 256  # channel, event name and id: long enough for any real use, short to resume on
+_CONTAINERS = (list, dict, tuple)
 MAX_DEPTH = 32  # nesting of arrays and objects in data; deeper is refused on every ingress
 
 
@@ -52,20 +53,20 @@ def loads_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 def json_depth(value: Any, stop_after: int = MAX_DEPTH) -> int:
     """How deeply arrays and objects nest in ``value`` (a scalar is 0); stops counting past
-    ``stop_after``. Iterative, so a hostile value cannot exhaust the stack."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = item.values()
-        elif not isinstance(item, (list, tuple)):
-            continue
-        if depth > deepest:
-            deepest = depth
-            if deepest > stop_after:
-                return deepest
-        stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list, tuple)))
-    return deepest
+    ``stop_after``. Level by level, without recursion, so a hostile value cannot exhaust the
+    stack, and with one list comprehension per container (a 64 KB ``[[],[],…]`` takes ~5 ms)."""
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > stop_after:
+            return depth
+        below: list = []
+        for item in level:
+            below += [child for child in (item.values() if type(item) is dict else item)
+                      if type(child) in _CONTAINERS]
+        level = below
+    return depth
 
 
 def check_text(field: str, value: str) -> None:

@@ -1,7 +1,8 @@
 """gunicorn settings and server hooks for relay (see gunicorn.conf.py).
 
 Environment: ``RELAY_BIND`` (default ``127.0.0.1:8000``), ``RELAY_WORKERS`` (default 1),
-``RELAY_WORKER_CONNECTIONS`` (default 10000), ``RELAY_GRACEFUL_TIMEOUT`` (default 10).
+``RELAY_WORKER_CONNECTIONS`` (default 10100: 10000 streams and ``sinks.sse.reserved_connections``),
+``RELAY_GRACEFUL_TIMEOUT`` (default 10).
 """
 
 import os
@@ -14,7 +15,7 @@ import tempfile
 bind = os.environ.get("RELAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RELAY_WORKERS", "1"))
 worker_class = "gevent"
-worker_connections = int(os.environ.get("RELAY_WORKER_CONNECTIONS", "10000"))
+worker_connections = int(os.environ.get("RELAY_WORKER_CONNECTIONS", "10100"))
 # SSE responses live for hours: the arbiter's timeout watches the worker's heartbeat, not
 # requests, so it stays short; keep-alive and graceful shutdown suit long-lived streams.
 timeout = 30
@@ -26,6 +27,8 @@ def on_starting(server):
     """Check the configuration before any worker starts, so a bad key stops start-up with its name."""
     os.environ["RELAY_BIND"] = ",".join(server.cfg.bind)  # what relay checks, e.g. for open publishing
     os.environ["RELAY_WORKERS"] = str(server.cfg.workers)  # the memory backbone serves only one
+    # The stream limit keeps some of these free for /healthz and publishing (sinks.sse.reserved_connections).
+    os.environ["RELAY_WORKER_CONNECTIONS"] = str(server.cfg.worker_connections)
     # In a child process: the arbiter must not import the app (and with it ssl, redis, kafka)
     # before the workers fork and gevent monkey-patches them.
     check = subprocess.run([sys.executable, "-m", "relay", "check-config", "--quiet"], timeout=120)

@@ -6,8 +6,9 @@ an implementation may accept any subset of the arguments listed. Collection hook
 that relay merges; only ``relay_replay`` stops at the first answer.
 
 All hooks run in the worker process (after gunicorn forks), inside gevent greenlets. Per-event
-hooks (``relay_transform_event``, ``relay_deliver``) run in the greenlet that published the event:
-they must not block. Hand slow work to a greenlet or queue of your own.
+hooks run in the greenlet that published the event (``relay_transform_event``) or in the
+worker's one sink greenlet (``relay_deliver``): they must not block the hub. Hand slow work to a
+greenlet, queue or thread of your own.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def relay_authorize(relay: Relay, request: Any, action: str, channels: list[str]
 
 
 # --------------------------------------------------------------------------------------------
-# Every event: in the publishing greenlet, must not block
+# Every event: in the publishing greenlet or the sink greenlet, must not block the hub
 # --------------------------------------------------------------------------------------------
 
 @hookspec
@@ -137,10 +138,13 @@ def relay_transform_event(relay: Relay, event: Event) -> Event | bool | None:
 def relay_deliver(relay: Relay, event: Event) -> None:
     """Receive every event that entered the backbone: the hook for sinks.
 
-    Called once per event, in publish order, after the event has its id and has been handed to
-    the SSE clients, in the greenlet that published it; ``relay.publish`` returns after every
-    implementation has returned, so a durable sink that stores the event before returning has
-    taken responsibility for it when the publisher hears back. One implementation that raises,
+    Called once per event, in delivery order, after the event has its id and has been handed to
+    the SSE clients, in one greenlet per worker that runs the sinks (so a sink that waits on a
+    disk or a lock never holds back a stream or a source). An HTTP publish
+    (``relay.publish(event, broadcast=True)``) answers after every implementation has returned
+    for its event when the backbone delivers in the publishing worker (the in-memory backbone),
+    so a sink that stores the event before returning has taken responsibility for it when the
+    publisher hears back; a source's ``relay.publish`` does not wait. One implementation that raises,
     or runs longer than ``hook_timeout`` (interrupted at its next I/O), is logged with its
     plugin's name and counted; the others still receive the event. Keep it short: put slow work
     (network calls) on a queue of your own and deliver from another greenlet. (The SSE sink does
@@ -163,7 +167,8 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
     that raises or runs longer than ``hook_timeout`` is logged and counted, and the source
     offers it the same event again after a backoff (the sinks that took it are not asked
     again by that worker). After a crash or rebalance, events after the last commit come
-    again: deduplicate by ``event.id`` when that matters.
+    again: deduplicate by ``(event.channel, event.id)`` when that matters (ids are scoped to
+    their channel).
 
     For the sources listed in ``relay.durable_sources``, relay does not call
     :func:`relay_deliver` of a plugin that implements this hook: it gets those events here, once,

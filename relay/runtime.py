@@ -19,6 +19,7 @@ from relay.backbone import Backbone, MemoryBackbone, Replay, merge_replays
 from relay.bus import Bus
 from relay.config import Config, ConfigError
 from relay.event import Event
+from relay.sink_queue import SinkQueue
 from relay.source import Source
 from relay.stats import Stats
 from relay.supervisor import Supervisor
@@ -39,10 +40,13 @@ class Relay:
         self.extensions: dict[str, Any] = {}  # per-app state of plugins, by plugin name
         core = config.section("")
         self.history_size: int = core["history_size"]
+        self.history_bytes: int = core["history_bytes"]  # per channel
+        self.history_total_bytes: int = core["history_total_bytes"]  # per worker
         self.backbone = self._make_backbone(core["backbone"])
         self.bus = Bus(on_error=lambda receiver, exc: self.stats.incr("receiver_errors"))
         self.supervisor = Supervisor(self)
         self.hook_timeout: float = core["hook_timeout"]
+        self.sinks = SinkQueue(self.run_sinks)  # relay_deliver runs there, never in the delivering greenlet
         # Sources whose events durable sinks take through relay_deliver_durable (e.g. Kafka in
         # group mode); relay_deliver then skips those sinks for these events.
         self.durable_sources: set[str] = set()
@@ -51,7 +55,8 @@ class Relay:
 
     def _make_backbone(self, url: str) -> Backbone:
         if url == "memory":
-            return MemoryBackbone(self.history_size, deliver=self.deliver)
+            return MemoryBackbone(self.history_size, deliver=self.deliver, history_bytes=self.history_bytes,
+                                  total_bytes=self.history_total_bytes)
         backbone = self.plugins.hook.relay_backbone(relay=self, url=url)
         if backbone is None:
             raise ConfigError([f"backbone: no loaded plugin provides a backbone for {url!r}; "
@@ -76,16 +81,28 @@ class Relay:
         if event is None:
             return None
         self.stats.incr("events_in", source=event.source)
-        return self.backbone.publish(event, broadcast)
+        published = self.backbone.publish(event, broadcast)
+        if broadcast:
+            # The publisher answers once the sinks had it (a webhook is stored before the 202);
+            # bounded, as a sink that outlives hook_timeout is interrupted anyway.
+            self.sinks.wait_for(published, self.hook_timeout * 2 + 1)
+        return published
 
     def deliver(self, event: Event) -> None:
         """Hand an event the backbone has numbered to this worker's subscribers and sinks.
 
-        Called by the backbone, exactly once per event in each worker that should see it.
+        Called by the backbone, exactly once per event in each worker that should see it. The
+        SSE clients get it here and now; the ``relay_deliver`` sinks get it in their own greenlet
+        (:class:`relay.sink_queue.SinkQueue`), so a sink that waits never delays a stream.
         """
         receivers = self.bus.send(event)  # browsers first: a sink plugin cannot delay them
         if receivers:
             self.stats.incr("events_out", receivers, sink="sse")
+        if self.plugins.hook.relay_deliver.get_hookimpls():
+            self.sinks.put(event)  # the sinks' own greenlet: a waiting sink holds back no stream
+
+    def run_sinks(self, event: Event) -> None:
+        """Call every ``relay_deliver`` implementation for one event (in the sinks' greenlet)."""
         skip = self.durable_sinks() if event.source in self.durable_sources else ()
         for impl in self._impls("relay_deliver"):
             if impl.plugin_name in skip:
@@ -226,6 +243,7 @@ class Relay:
             for _ in self.call_each("relay_shutdown"):
                 pass
             self.supervisor.stop()
+            self.sinks.stop(timeout=5.0)
             log.info("relay stopped")
         finally:
             self._stopped.set()

@@ -129,7 +129,8 @@ class SSEClient:
         length = self.response_headers.get("content-length")
         self._length = int(length) if length is not None and not self._chunked else None
         self._buffer = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        # WHATWG: UTF-8 decode with replacement characters, one leading BOM ignored.
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
         self._pending_cr = False
         self._data: list[str] = []
         self._event = ""
@@ -196,7 +197,7 @@ class SSEClient:
     def _lines(self, chunk: str) -> list[str]:
         # Lines end with CRLF, LF or CR; a CR that ends a read may be the first half of a CRLF.
         text = self._buffer + chunk
-        if self._pending_cr:
+        if self._pending_cr and text:  # (a read may decode to nothing: half of a character)
             self._pending_cr = False
             if text.startswith("\n"):
                 text = text[1:]
@@ -226,7 +227,7 @@ class SSEClient:
             self._event = value
         elif name == "id" and "\0" not in value:
             self.last_event_id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():  # ASCII digits only
             self.retry = int(value)
 
     def read_some(self, timeout: float | None = None) -> bool:

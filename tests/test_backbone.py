@@ -71,7 +71,7 @@ def test_replay_is_capped_at_the_limit():
     events = publish(backbone, "c", 50)
     replay = backbone.replay(["c"], events[0].id, 10)
     assert len(replay.events) == 10 and not replay.complete
-    assert replay.events[-1] is events[-1]
+    assert replay.events[-1].id == events[-1].id
 
 
 def test_replays_from_a_source_and_the_backbone_merge_in_time_order():

@@ -299,7 +299,7 @@ def test_one_pubsub_and_one_streams_connection_for_200_sse_clients(relay_server_
     channel, key = f"{names}many", f"{names}manyfeed"
     client_name = f"relay{names}"
     server = start_relay(relay_server_factory, redis_server, channels=[channel], streams=[key],
-                         client_name=client_name)
+                         client_name=client_name, env={"RELAY_SSE_MAX_CONNECTIONS_PER_ADDRESS": "0"})
     r = redis_server.client()
     streams = [server.sse(f"/events?channel={channel}&channel={key}") for _ in range(200)]
     try:

@@ -50,11 +50,12 @@ def test_signature_matches_the_reference_implementation_and_rotation_signs_twice
         standardwebhooks.Webhook(secret).verify(body, headers)
 
 
-def test_webhook_id_is_stable_per_event_and_endpoint():
-    assert signing.webhook_id("ep_a", "order-1") == signing.webhook_id("ep_a", "order-1")
-    assert signing.webhook_id("ep_a", "order-1") != signing.webhook_id("ep_b", "order-1")
-    assert signing.webhook_id("ep_a", "order-1") != signing.webhook_id("ep_a", "order-2")
-    assert signing.webhook_id("ep_a", "x").startswith("msg_")
+def test_webhook_id_is_stable_per_endpoint_channel_and_event():
+    assert signing.webhook_id("ep_a", "c", "order-1") == signing.webhook_id("ep_a", "c", "order-1")
+    assert signing.webhook_id("ep_a", "c", "order-1") != signing.webhook_id("ep_b", "c", "order-1")
+    assert signing.webhook_id("ep_a", "c", "order-1") != signing.webhook_id("ep_a", "c", "order-2")
+    assert signing.webhook_id("ep_a", "a", "order-1") != signing.webhook_id("ep_a", "b", "order-1")
+    assert signing.webhook_id("ep_a", "c", "x").startswith("msg_")
 
 
 def test_rotation_grace_ends():
@@ -208,7 +209,7 @@ def store_factory(request, tmp_path):
 
 def _delivery(n: int, endpoint_id: str = "ep_1", at: float | None = None) -> Delivery:
     now = time.time() if at is None else at
-    return Delivery(id=signing.webhook_id(endpoint_id, f"e{n}"), endpoint_id=endpoint_id, event_id=f"e{n}",
+    return Delivery(id=signing.webhook_id(endpoint_id, "demo", f"e{n}"), endpoint_id=endpoint_id, event_id=f"e{n}",
                     channel="demo", event_type="order", body=b'{"n":%d}' % n, created_at=now, status=PENDING,
                     next_attempt_at=now)
 
@@ -323,10 +324,11 @@ def test_four_processes_store_and_claim_each_delivery_once(kind, tmp_path, redis
     print(kind, "stored/claimed per worker:", sorted((w, s, len(ids)) for w, s, ids in results))
 
 
-def test_the_delivery_is_stored_when_publish_returns(tmp_path, monkeypatch):
-    """Point 4 for broker sources: ``relay.publish`` returns only after the delivery is committed,
-    so a Kafka or Redis Streams source that advances its position after publish never skips one.
-    (No worker runs here: nothing but the publish call itself could have stored it.)"""
+def test_the_delivery_is_stored_when_an_http_publish_returns_and_soon_after_a_source_publish(tmp_path, monkeypatch):
+    """An HTTP publish (broadcast) returns only after the delivery is committed: the 202 means the
+    webhook is stored. A source's publish does not wait for the sinks (a locked store must not
+    hold back its reader, issue 13): the sinks' greenlet stores it right after, in order.
+    (No worker runs here: nothing but the publish and the sink greenlet could have stored it.)"""
     from webhook_support import endpoint, webhook_config
 
     from relay import Event, create_app
@@ -334,15 +336,22 @@ def test_the_delivery_is_stored_when_publish_returns(tmp_path, monkeypatch):
     monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
     app = create_app(webhook_config([endpoint("http://127.0.0.1:9/hook")]))
     relay = app.extensions["relay"]
-    event = relay.publish(Event("demo", "order", {"n": 1}, id="1764170537000-0", source="redis"))
     sink = relay.extensions["webhooks"]
     endpoint_id = sink.config_endpoints[0].id
-    stored = SQLiteStore(str(tmp_path / "data" / "webhooks.sqlite3")).get_delivery(
-        signing.webhook_id(endpoint_id, event.id))
-    assert stored is not None and stored.status == PENDING and stored.event_id == "1764170537000-0"
-    assert standardwebhooks.Webhook(SECRET).verify(stored.body, signing.headers(stored.id, stored.body, [SECRET]))
-    relay.publish(Event("elsewhere", "order", 1))
-    assert len(sink.store.deliveries()) == 1, "only matching channels are stored"
+    store = SQLiteStore(str(tmp_path / "data" / "webhooks.sqlite3"))
+
+    def stored(event):
+        return store.get_delivery(signing.webhook_id(endpoint_id, event.channel, event.id))
+
+    event = relay.publish(Event("demo", "order", {"n": 0}), broadcast=True)
+    assert stored(event) is not None, "an HTTP publish returns once the delivery is stored"
+    event = relay.publish(Event("demo", "order", {"n": 1}, id="1764170537000-0", source="redis"))
+    assert relay.sinks.wait_for(event, 10)
+    delivery = stored(event)
+    assert delivery is not None and delivery.status == PENDING and delivery.event_id == "1764170537000-0"
+    assert standardwebhooks.Webhook(SECRET).verify(delivery.body, signing.headers(delivery.id, delivery.body, [SECRET]))
+    relay.sinks.wait_for(relay.publish(Event("elsewhere", "order", 1), broadcast=True), 10)
+    assert len(sink.store.deliveries()) == 2, "only matching channels are stored"
 
 
 def test_the_sink_is_idle_without_endpoints_or_token(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import standardwebhooks
 from relay.testing import free_port, http_request, wait_until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789abcdef"  # admin_token needs 32 bytes or more
 
 
 @dataclass

@@ -17,7 +17,6 @@ Turn the page off with ``disable_plugins = ["demo"]``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -29,6 +28,7 @@ from flask import Blueprint, jsonify, request, send_from_directory
 from relay import Event, hookimpl
 from relay.backbone import BackboneUnavailable
 from relay.config import Option, Section
+from relay.event import loads_json
 
 SECTION = "demo"
 STATIC = Path(__file__).parent / "static"
@@ -253,7 +253,7 @@ def relay_init_app(app, relay):
             return bad
         body = request.get_data(cache=False)
         try:
-            message = json.loads(body.decode("utf-8"))
+            message = loads_json(body.decode("utf-8"))  # InvalidJSON (too deep, too) is a ValueError
         except (UnicodeDecodeError, ValueError) as exc:
             return _error(400, "invalid_json", f'the body is not UTF-8 JSON like {{"option": "…"}}: {exc}')
         if not isinstance(message, dict):

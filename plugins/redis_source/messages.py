@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
+from relay.backbone import check_chosen_id
 from relay.envelope import BadMessage, decode
-from relay.event import Event
+from relay.event import Event, InvalidEvent
 
 from .settings import RedisSettings
 
@@ -35,8 +36,14 @@ def from_pubsub(settings: RedisSettings, channel: bytes | str, pattern: bytes | 
     default = settings.channel_map.get(channel_name)
     if default is None and pattern is not None:
         default = settings.channel_map.get(_name(pattern, "pattern"))
-    return decode(payload, channel=default or channel_name, source=SOURCE, format=settings.format,
-                  event_name=settings.event_name, max_size=settings.max_size)
+    event = decode(payload, channel=default or channel_name, source=SOURCE, format=settings.format,
+                   event_name=settings.event_name, max_size=settings.max_size)
+    if event.id is not None:  # publisher-chosen: never in the form of a position in a log
+        try:
+            check_chosen_id(event.id)
+        except InvalidEvent as exc:
+            raise BadMessage("invalid_field", str(exc)) from None
+    return event
 
 
 def from_stream(settings: RedisSettings, stream: str, entry_id: bytes | str, fields: dict) -> Event:

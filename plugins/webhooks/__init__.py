@@ -56,7 +56,8 @@ def relay_sources(relay):
 @hookimpl
 def relay_deliver(relay, event):
     """Every event in every worker that sees it (HTTP, Redis, the Redis backbone's broadcast):
-    stored before returning; the same event from several workers is stored once (same id)."""
+    stored before returning; the same event from several workers is stored once (same channel
+    and id). The SQLite store works in a thread of its own: only this greenlet waits for it."""
     sink = _sink(relay)
     if sink is not None:
         sink.accept(event)

@@ -1,11 +1,13 @@
 """Accepting events and delivering them: the sink object and its dispatcher.
 
 :class:`Sink` is the per-app state (``relay.extensions["webhooks"]``). Its :meth:`Sink.accept`
-runs in the publishing greenlet: it matches endpoints and stores one delivery per endpoint
-(durably, before returning), then wakes the dispatcher. The :class:`Dispatcher` is a relay
-source (supervised: restarted on failure, reported in /healthz) that claims due deliveries
-from the store and runs each attempt in a greenlet of its own, at most ``max_concurrency`` per
-endpoint, so one slow endpoint never holds up the others.
+runs in the worker's sink greenlet (``relay_deliver``) or a durable source's greenlet
+(``relay_deliver_durable``): it matches endpoints and stores one delivery per endpoint
+(durably, before returning; the SQLite store's calls run in a thread of their own, so only that
+greenlet waits for the disk, not the worker), then wakes the dispatcher. The :class:`Dispatcher`
+is a relay source (supervised: restarted on failure, reported in /healthz) that claims due
+deliveries from the store and runs each attempt in a greenlet of its own, at most
+``max_concurrency`` per endpoint, so one slow endpoint never holds up the others.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import gevent.pool
 
 from plugins.webhooks import client, signing
 from plugins.webhooks.model import DEAD, PENDING, SUCCEEDED, Attempt, Delivery, Endpoint
-from plugins.webhooks.settings import config_endpoint_id
+from plugins.webhooks.settings import config_endpoint_id, redact_url
 from plugins.webhooks.ssrf import AddressPolicy
+from relay.config import ConfigError
 from relay.source import Source
 
 log = logging.getLogger("relay.webhooks")
@@ -43,10 +46,19 @@ def open_store(settings: dict[str, Any], data_dir: str):
         from plugins.webhooks.store_redis import RedisStore
 
         return RedisStore(url, settings["key_prefix"], settings["retention"])
-    from plugins.webhooks.store_sqlite import SQLiteStore
+    from plugins.webhooks.store_sqlite import InThread, SQLiteStore, private_directory
 
-    path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else os.path.join(data_dir, "webhooks.sqlite3")
-    return SQLiteStore(path)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") - 1:]
+        private_directory(os.path.dirname(os.path.abspath(path)), tighten=False)
+    else:
+        path = os.path.join(data_dir, "webhooks.sqlite3")
+        try:
+            private_directory(data_dir, tighten=True)  # relay's own directory: made 0700
+        except OSError as exc:  # refused (another user's), or cannot be created or tightened
+            raise ConfigError([f"data_dir: {exc}"]) from None
+    # SQLite blocks in C (lock waits, fsync): off the gevent hub. Redis is cooperative I/O.
+    return InThread(SQLiteStore(path))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -112,10 +124,10 @@ class Sink:
     def accept(self, event) -> int:
         """Store a delivery of ``event`` for every enabled endpoint that wants it.
 
-        Runs in the publishing greenlet and returns once the deliveries are stored (committed),
-        so a source that advances its position after ``relay.publish`` returns never skips a
-        delivery. The same event seen by several workers maps to the same webhook-ids, and
-        the store keeps the first: each endpoint gets one delivery.
+        Returns once the deliveries are stored (committed): an HTTP publish answers 202 after
+        it, and a durable source commits its position after it. The same event seen by several
+        workers maps to the same webhook-ids, and the store keeps the first: each endpoint gets
+        one delivery.
         """
         targets = [e for e in self.endpoints() if e.enabled and e.matches(event.channel, event.event)]
         if not targets:
@@ -123,9 +135,9 @@ class Sink:
         body = signing.build_body(event.event, event.timestamp, event.channel, event.data)
         now = time.time()
         first = now + self.schedule[0]
-        deliveries = [Delivery(id=signing.webhook_id(e.id, event.id), endpoint_id=e.id, event_id=event.id,
-                               channel=event.channel, event_type=event.event, body=body, created_at=now,
-                               status=PENDING, next_attempt_at=first) for e in targets]
+        deliveries = [Delivery(id=signing.webhook_id(e.id, event.channel, event.id), endpoint_id=e.id,
+                               event_id=event.id, channel=event.channel, event_type=event.event, body=body,
+                               created_at=now, status=PENDING, next_attempt_at=first) for e in targets]
         stored = self.store.enqueue(deliveries)
         self.relay.stats.incr("webhook_deliveries_stored", stored)
         if stored < len(deliveries):
@@ -155,7 +167,8 @@ class Sink:
     def health(self) -> dict[str, Any]:
         try:
             counts = self.store.counts()
-            disabled = [{"id": e.id, "url": e.url, "reason": e.disabled_reason}
+            # /healthz and /readyz answer anyone: the URL's origin only (the admin API has it all).
+            disabled = [{"id": e.id, "url": redact_url(e.url), "reason": e.disabled_reason}
                         for e in self.endpoints() if not e.enabled]
         except Exception as exc:  # noqa: BLE001 - health must answer even when the store is down
             if self._store_up:  # log the change, not every probe
@@ -228,7 +241,7 @@ class Dispatcher(Source):
             self._release(delivery)
             raise
         except Exception:  # the store failed: the claim's lease expires and the delivery is retried
-            log.exception("webhook delivery %s to %s failed outside the HTTP attempt", delivery.id, endpoint.url)
+            log.exception("webhook delivery %s to %s failed outside the HTTP attempt", delivery.id, endpoint.label)
             relay.stats.incr("webhook_errors")
         finally:
             self.in_flight[endpoint.id] -= 1
@@ -266,13 +279,13 @@ class Dispatcher(Source):
             log.warning("delivery %s: lease lost during the attempt; another worker owns it now", delivery.id)
         relay.stats.incr("webhook_attempts", outcome=outcome)
         level = logging.DEBUG if ok else logging.INFO if outcome == "retry" else logging.WARNING
-        log.log(level, "delivery %s to %s attempt %d: %s%s", delivery.id, endpoint.url, delivery.attempts,
+        log.log(level, "delivery %s to %s attempt %d: %s%s", delivery.id, endpoint.label, delivery.attempts,
                 result.status or result.error, f"; next in {delay:.1f}s" if outcome == "retry" else
                 "; dead-lettered" if outcome == "dead" else "")
         if sink.store.note_result(endpoint.id, ok, now, settings["disable_after"]):
             relay.stats.incr("webhook_endpoints_disabled")
-            log.warning("webhook endpoint %s (%s) disabled: failing continuously for %gs; re-enable it with "
-                        "POST /webhooks/%s/enable", endpoint.id, endpoint.url, settings["disable_after"], endpoint.id)
+            log.warning("webhook endpoint %s disabled: failing continuously for %gs; re-enable it with "
+                        "POST /webhooks/%s/enable", endpoint.label, settings["disable_after"], endpoint.id)
             self.sink.changed()
 
     def _report_queue_now_and_then(self) -> None:

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from plugins.webhooks.settings import redact_url
 from plugins.webhooks.signing import rfc3339
 
 # Delivery states. A claimed delivery stays "pending" with its next_attempt_at pushed to the end
@@ -42,6 +43,12 @@ class Endpoint:
             return False
         return not self.events or any(fnmatch.fnmatchcase(event_name, pattern) for pattern in self.events)
 
+    @property
+    def label(self) -> str:
+        """How logs and /healthz name the endpoint: its id and URL origin, never the URL's path or
+        query string (which may hold credentials)."""
+        return f"{self.id} ({redact_url(self.url)})"
+
     def signing_secrets(self, now: float | None = None) -> list[str]:
         """The current secret first, then old ones whose rotation grace has not ended."""
         now = time.time() if now is None else now
@@ -67,7 +74,7 @@ class Endpoint:
 
 @dataclass
 class Delivery:
-    id: str  # the webhook-id: one per (endpoint, event), kept across retries and resends
+    id: str  # the webhook-id: one per (endpoint, channel, event id), kept across retries and resends
     endpoint_id: str
     event_id: str
     channel: str

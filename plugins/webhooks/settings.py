@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import urllib.parse
 from typing import Any
 
-from relay.config import Option, Section
+from relay.config import Option, Section, check_networks
 
 SECTION = "sinks.webhooks"
 ENDPOINTS_SECTION = "sinks.webhooks.endpoints"
@@ -37,18 +36,37 @@ def check_secret(secret: str) -> str | None:
 def check_url(url: str) -> str | None:
     if not isinstance(url, str) or not url:
         return "url is required"
-    parts = urllib.parse.urlsplit(url)
+    # The messages do not repeat the URL: it may carry credentials, and they end up in logs.
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
     if parts.scheme not in ("http", "https"):
-        return f"{url!r} must be an http:// or https:// URL"
+        return f"must be an http:// or https:// URL (scheme found: {parts.scheme!r})"
     if not parts.hostname:
-        return f"{url!r} has no host"
+        return "has no host"
     if parts.username or parts.password:
-        return f"{url!r} must not carry credentials"
+        return "must not carry credentials before the host (user:password@)"
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        return f"{url!r} has an invalid port"
+        return "has an invalid port"
+    if not url.isascii() or any(ord(c) < 33 or c == "\x7f" for c in url):
+        return "must be ASCII without spaces or control characters (percent-encode them; punycode for hosts)"
     return None
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` of an endpoint URL, for places anyone may read (/healthz, /readyz,
+    logs): the path and query string often carry credentials (``?token=…``)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<invalid url>"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _check_schedule(schedule: list) -> str | None:
@@ -59,12 +77,16 @@ def _check_schedule(schedule: list) -> str | None:
     return None
 
 
-def _check_networks(networks: list[str]) -> str | None:
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            return f"{network!r} is not a CIDR network like '127.0.0.0/8' or '::1/128'"
+MIN_ADMIN_TOKEN_BYTES = 32
+
+
+def _check_admin_token(token: str) -> str | None:
+    # The token guards secrets and replays: a short one can be guessed over HTTP.
+    size = len(token.encode("utf-8"))
+    if token and size < MIN_ADMIN_TOKEN_BYTES:
+        return (f"is {size} byte(s) long; use at least {MIN_ADMIN_TOKEN_BYTES} random bytes (e.g. the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'), or leave it empty to turn the "
+                "admin API off")
     return None
 
 
@@ -122,12 +144,12 @@ SECTIONS = [Section(SECTION, (
            min=0),
     Option("allow_networks", list, [], "SSRF allow-list: CIDR networks that may be delivered to even "
            "though private, loopback, link-local…", env="RELAY_WEBHOOKS_ALLOW_NETWORKS",
-           check=_check_networks),
+           check=check_networks),
     Option("store", str, "", "'redis://…' for a Redis store, else SQLite: 'sqlite:///path' or empty for "
            "data_dir/webhooks.sqlite3", env="RELAY_WEBHOOKS_STORE", check=_check_store),
     Option("key_prefix", str, "relay:webhooks", "prefix of every Redis key of the store"),
-    Option("admin_token", str, "", "bearer token of the /webhooks admin API; empty turns the API off",
-           env="RELAY_WEBHOOKS_ADMIN_TOKEN"),
+    Option("admin_token", str, "", "bearer token of the /webhooks admin API, at least 32 bytes; empty turns the "
+           "API off", env="RELAY_WEBHOOKS_ADMIN_TOKEN", check=_check_admin_token),
     Option("disable_after", float, 5 * 86400.0, "seconds of continuous failure after which an endpoint is "
            "disabled", min=0),
     Option("response_max_bytes", int, 20000, "bytes of each response body kept in the attempt log", min=0),

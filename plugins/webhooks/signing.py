@@ -47,10 +47,13 @@ def build_body(event_type: str, timestamp: float, channel: str, data: Any) -> by
                       separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def webhook_id(endpoint_id: str, event_id: str) -> str:
-    """The delivery's ``webhook-id``: derived from (endpoint, event), so every worker that sees the
-    same event computes the same id, and it never changes across retries, resends or restarts."""
-    digest = hashlib.sha256(f"{endpoint_id}\0{event_id}".encode()).digest()
+def webhook_id(endpoint_id: str, channel: str, event_id: str) -> str:
+    """The delivery's ``webhook-id``: derived from (endpoint, channel, event id), so every worker
+    that sees the same event computes the same id, and it never changes across retries, resends
+    or restarts. Event ids are unique per channel only: without the channel, a publisher on one
+    channel could reuse another channel's id and have that event dropped as a duplicate."""
+    key = json.dumps([endpoint_id, channel, event_id], ensure_ascii=False)  # unambiguous, whatever the text
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return "msg_" + base64.b32encode(digest[:20]).decode().lower()
 
 

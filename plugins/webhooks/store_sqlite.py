@@ -4,16 +4,23 @@ WAL mode lets the workers read while one writes. The claim that makes a delivery
 across workers is the primary key: ``INSERT OR IGNORE`` of the same webhook-id by four workers
 leaves one row, and ``UPDATE … WHERE next_attempt_at <= now`` lets exactly one of them take it.
 
-Calls are synchronous and short (no greenlet switch happens inside one), which also makes each
-method atomic with respect to the other greenlets of the process. Every write that must survive
-a crash is committed before the method returns.
+Every write that must survive a crash is committed before the method returns. sqlite3's calls
+block in C (a write-lock wait of up to ``busy_timeout``, an fsync), where gevent cannot switch:
+the sink therefore calls this store through :class:`InThread`, which runs each method in one OS
+thread of the worker's own, so the gevent hub (every stream of the worker) goes on meanwhile.
+
+The file holds endpoint secrets: the store and its -wal and -shm files are made 0600, whatever
+the umask (see :func:`private_directory` for the directory).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import sqlite3
+import stat
 import time
 from typing import Any
 
@@ -29,7 +36,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     failing_since REAL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,                 -- webhook-id: unique per (endpoint, event)
+    id TEXT PRIMARY KEY,                 -- webhook-id: unique per (endpoint, channel, event id)
     endpoint_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
     channel TEXT NOT NULL,
@@ -61,6 +68,10 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, seq);
 """
 
+log = logging.getLogger("relay.webhooks")
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
 _ENDPOINT_STATE = ("origin", "enabled", "disabled_reason", "failing_since")
 _DELIVERY_COLUMNS = ("id", "endpoint_id", "event_id", "channel", "event_type", "body", "created_at", "status",
                      "attempts", "next_attempt_at", "lease_owner", "last_status", "last_error", "completed_at")
@@ -80,14 +91,21 @@ class SQLiteStore:
     @property
     def db(self) -> sqlite3.Connection:
         # One connection per process, opened after fork: a connection must never cross a fork.
+        # check_same_thread=False: InThread runs every call in one thread at a time, but that
+        # thread may not be the one that first touched the store (a unit test, a new pool).
         if self._db is None or self._pid != os.getpid():
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            private_directory(os.path.dirname(os.path.abspath(self.path)), tighten=False)
+            _create_private(self.path)
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout = 10000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             db.executescript(SCHEMA)
+            # SQLite gives -wal and -shm the database file's mode; files left by an older relay
+            # (0644) are tightened here too.
+            for suffix in ("", "-wal", "-shm"):
+                _make_private(self.path + suffix)
             self._db, self._pid = db, os.getpid()
         return self._db
 
@@ -288,3 +306,92 @@ class SQLiteStore:
 
     def describe(self) -> dict[str, Any]:
         return {"store": "sqlite", "path": self.path}
+
+
+# -- files and threads ---------------------------------------------------------------------------
+
+
+def private_directory(path: str, tighten: bool) -> None:
+    """Make sure ``path`` exists and no other user can read what is in it.
+
+    A directory created here is made 0700 (whatever the umask). An existing one that others can
+    enter is tightened to 0700 when ``tighten`` (relay's own ``data_dir``) and it belongs to
+    relay's user, with a warning; when it belongs to another user, relay refuses to keep secrets
+    there (:class:`PermissionError`). Without ``tighten`` (an explicit ``sqlite:///`` path, whose
+    directory may be shared) an existing directory is left as it is: the files are 0600.
+    """
+    try:
+        os.makedirs(path, mode=PRIVATE_DIR)
+        os.chmod(path, PRIVATE_DIR)  # makedirs' mode is filtered by the umask
+        return
+    except FileExistsError:
+        pass
+    info = os.stat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if not tighten or not mode & 0o077:
+        return
+    if info.st_uid != os.geteuid():
+        raise PermissionError(f"{path!r} is mode {mode:04o} and owned by uid {info.st_uid}, not by relay's user "
+                              f"(uid {os.geteuid()}): other users could read the webhook secrets kept there; "
+                              "make it 0700 and owned by relay's user, or point data_dir elsewhere")
+    os.chmod(path, PRIVATE_DIR)
+    log.warning("data_dir %s was mode %04o; made it 0700 (it holds webhook secrets)", path, mode)
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600 before SQLite does (SQLite would use 0644 & ~umask)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE))
+    except FileExistsError:
+        return
+    os.chmod(path, PRIVATE_FILE)  # open's mode is filtered by the umask
+
+
+def _make_private(path: str) -> None:
+    try:
+        if stat.S_IMODE(os.stat(path).st_mode) != PRIVATE_FILE:
+            os.chmod(path, PRIVATE_FILE)
+    except FileNotFoundError:
+        pass  # no -shm/-wal yet
+
+
+class InThread:
+    """Calls a blocking store from greenlets without blocking the gevent hub.
+
+    Each method runs in an OS thread of its own (one per process, from a gevent
+    :class:`~gevent.threadpool.ThreadPool` of size 1) while the calling greenlet waits; every
+    other greenlet of the worker (SSE streams, heartbeats, other requests) runs meanwhile. One
+    thread: calls run one at a time and in order, as they did when they blocked the whole
+    worker, so each method stays atomic within the process, and the connection is never used by
+    two threads at once. A dedicated pool, not the hub's: that one resolves DNS (webhook
+    attempts), which a store waiting 10 s on a lock must not starve.
+
+    Results and exceptions come back to the caller; a ``gevent.Timeout`` (``hook_timeout``) ends
+    the wait, not the call, which finishes in its thread.
+    """
+
+    INLINE = frozenset({"describe"})  # no I/O: called directly
+
+    def __init__(self, store: Any):
+        self.store = store
+        self._pool = None
+        self._pid = 0
+
+    def _thread(self):
+        # A pool per process: threads do not survive a fork (created in the worker, after it).
+        if self._pool is None or self._pid != os.getpid():
+            from gevent.threadpool import ThreadPool
+
+            self._pool, self._pid = ThreadPool(1), os.getpid()
+        return self._pool
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.store, name)
+        if name in self.INLINE or not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def in_thread(*args: Any, **kwargs: Any) -> Any:
+            return self._thread().apply(attribute, args, kwargs)
+
+        return in_thread
