@@ -173,9 +173,12 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(relay_server_factory):
 def test_max_connections_that_fills_the_worker_is_refused_at_start(tmp_path):
     server = RelayServer({"sinks": {"sse": {"max_connections": 40, "reserved_connections": 10}}},
                          env={"RELAY_WORKER_CONNECTIONS": "40"}, directory=tmp_path)
-    with pytest.raises(RuntimeError, match=r"sinks\.sse\.max_connections: 40 streams would leave fewer than "
-                                           r"reserved_connections \(10\) .* set it to 30 or less"):
-        server.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"sinks\.sse\.max_connections: 40 streams would leave fewer than "
+                                               r"reserved_connections \(10\) .* set it to 30 or less"):
+            server.start()
+    finally:
+        server.stop()  # had it started, it must not outlive the test
 
 
 # -- request bodies: slow, chunked, deep ----------------------------------------------------------
@@ -362,5 +365,9 @@ def test_hs_jwt_key_needs_32_bytes(key, ok):
 
 
 def test_short_jwt_key_stops_start_up(tmp_path):
-    with pytest.raises(RuntimeError, match="auth.jwt_key: is 1 bytes long; an HS256 key needs at least 32"):
-        RelayServer({"auth": {"jwt_key": "x"}}, directory=tmp_path).start()
+    server = RelayServer({"auth": {"jwt_key": "x"}}, directory=tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="auth.jwt_key: is 1 bytes long; an HS256 key needs at least 32"):
+            server.start()
+    finally:
+        server.stop()  # had it started, it must not outlive the test
