@@ -13,6 +13,7 @@ CORS preflight that ``cors_origins`` decides.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -25,6 +26,12 @@ from relay.config import Option, Section
 from relay.event import MAX_DEPTH, Event, InvalidEvent, InvalidJSON, check_name, loads_json
 
 FIELDS = ("event", "data", "id")
+log = logging.getLogger("relay.publish")
+LOGGED_TEXT = 300  # characters of a channel or message kept in a log line
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= LOGGED_TEXT else text[:LOGGED_TEXT] + "…"
 
 
 def _error(status: int, error: str, message: str):
@@ -68,7 +75,16 @@ def relay_init_app(app, relay):
     limiter = RateLimiter(settings["rate"], settings["burst"]) if settings["rate"] else None
 
     def refuse(status: int, error: str, message: str, reason: str):
+        """Answer a refused publish: counted, logged with why (never with the body), and JSON."""
         relay.stats.incr("rejected", source="http", reason=reason)
+        channel = request.view_args.get("channel", "") if request.view_args else ""
+        address = request.remote_addr or "-"
+        # INFO, not WARNING: a client's mistake, not relay's. The message names the field; the
+        # body may hold anything (secrets, personal data) and stays out of the log.
+        log.info("publish refused: %d %s on channel %r from %s: %s", status, error, _excerpt(channel), address,
+                 _excerpt(message), extra={"fields": {
+                     "status": status, "error": error, "reason": reason, "channel": _excerpt(channel),
+                     "client": address, "detail": _excerpt(message)}})
         return _error(status, error, message)
 
     @blueprint.post("/events/<channel>")

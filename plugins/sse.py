@@ -76,7 +76,7 @@ class Client:
     """
 
     __slots__ = ("pending", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
-                 "_timer", "_hub", "__weakref__")
+                 "_timer", "_hub", "presence", "__weakref__")
 
     def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None):
         self.pending: list = []  # events not written yet, oldest first
@@ -89,6 +89,8 @@ class Client:
         self._timer = None
         self._hub = get_hub()
         self.next_sample = 0.0  # when this client next reports a delivery latency
+        # With ?presence=1: the subscriber count last sent per channel (see plugins.presence), else None.
+        self.presence: dict[str, int] | None = None
 
     def offer(self, channel: str, event) -> None:
         """Bus receiver: never blocks. A full queue means the client cannot keep up."""
@@ -175,17 +177,44 @@ class Hub:
         self.settings = settings
         self.clients: set[Client] = set()
         self.retry_frame = encode_retry(settings["retry"])
+        # Presence: open streams per channel in this worker, and the streams that asked for
+        # relay-presence events, by channel; kept as streams open and close (never a scan).
+        self.counts: dict[str, int] = {}
+        self.watchers: dict[str, set[Client]] = {}
+        self.presence_frames = None  # set by the presence plugin: client -> its first relay-presence frames
+
+    def _count(self, client: Client, step: int) -> None:
+        """Add (``step`` 1) or remove (-1) ``client`` in ``counts`` and ``watchers``."""
+        counts, watchers = self.counts, self.watchers
+        for channel in client.channels:
+            left = counts.get(channel, 0) + step
+            if left > 0:
+                counts[channel] = left
+            else:
+                counts.pop(channel, None)
+            if client.presence is None:
+                continue
+            if step > 0:
+                watchers.setdefault(channel, set()).add(client)
+            elif channel in watchers:
+                watchers[channel].discard(client)
+                if not watchers[channel]:
+                    del watchers[channel]
 
     def stream(self, client: Client, last_event_id: str | None):
         relay, bus = self.relay, self.relay.bus
         self.clients.add(client)
         relay.stats.set("sse_clients", len(self.clients))
+        self._count(client, 1)
         try:
             # Subscribe before reading the history, so nothing falls between the two.
             for channel in client.channels:
                 bus.subscribe(channel, client.offer)
             client.watch_for_hangup()
-            yield self.retry_frame
+            if client.presence is not None and self.presence_frames is not None:
+                yield self.retry_frame + self.presence_frames(client)  # relay-presence, no id: not resumable
+            else:
+                yield self.retry_frame
             replayed: set[str] = set()
             if last_event_id is not None:
                 replay = self._replay(client, last_event_id)
@@ -204,6 +233,7 @@ class Hub:
         finally:
             bus.unsubscribe(client.offer)
             client.stop_watching()
+            self._count(client, -1)
             self.clients.discard(client)
             relay.stats.set("sse_clients", len(self.clients))
             if client.closed == "slow":
@@ -225,11 +255,19 @@ class Hub:
             if not events:
                 continue
             if replayed:
-                while events and (events[0].channel, events[0].id) in replayed:  # already sent in the replay
-                    del events[0]
-                if events:
+                # Drop the leading live events already sent in the replay; frames without an id
+                # (relay-presence) are kept and do not end the overlap.
+                kept, overlap = [], True
+                for event in events:
+                    if overlap and event.id is not None:
+                        if (event.channel, event.id) in replayed:
+                            continue
+                        overlap = False
+                    kept.append(event)
+                events = kept
+                if not overlap:
                     replayed = set()  # live events are in order: no more overlap
-                else:
+                if not events:
                     continue
             try:
                 data = events[0].frame if len(events) == 1 else b"".join([event.frame for event in events])
@@ -445,9 +483,15 @@ def relay_init_app(app, relay):
                            f"{address} already holds {per_address} streams on this worker, the limit per "
                            f"client address ({SECTION}.max_connections_per_address); close one or retry later",
                            retry_after)
+        presence = request.args.get("presence", "0")
+        if presence not in ("0", "1") or (presence == "1" and hub.presence_frames is None):
+            return _error(400, f"presence: {presence!r} is not 0 or 1" if presence not in ("0", "1")
+                          else "presence=1: the presence plugin is not loaded")
         last_event_id = hub.last_event_id(request)
         client = Client(list(dict.fromkeys(channels)), hub.settings["queue_size"],
                         request.environ.get("gunicorn.socket"))
+        if presence == "1":
+            client.presence = {}
         # direct_passthrough: the generator's bytes go to gunicorn as they are, without werkzeug's
         # encoding and closing wrappers (two calls per write, and stack every idle stream keeps).
         streams_from[address] = streams_from.get(address, 0) + 1

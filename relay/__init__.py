@@ -15,7 +15,7 @@ under the ``relay`` entry-point group of its distribution::
     def relay_deliver(event):
         print("delivered", event.channel, event.event, event.id)
 
-Run it with ``gunicorn -k gevent wsgi:app``; the app is built by :func:`create_app`. See
+Run it with ``relay serve``; the app is built by :func:`create_app`. See
 docs/writing-plugins.md for a complete source and sink, and docs/hooks.md for every hook.
 """
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import logging
 import os
 import socket
 from typing import Any, Mapping
@@ -14,6 +12,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.wsgi import get_content_length
 
+from relay.logs import configure_relay_logger, log_refused_body
 from relay.metrics import exposition
 from relay.config import CORE_SECTIONS, Config, ConfigError, load_config, raw_config
 from relay.plugins import get_plugin_manager
@@ -66,6 +65,13 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
         text, content_type = exposition()
         return Response(text, content_type=content_type)
 
+    @app.get("/openapi.json")
+    def openapi_document():
+        """The HTTP API this relay serves (its configuration and plugins), as OpenAPI 3.1."""
+        from relay.openapi import document
+
+        return jsonify(document(app, relay))
+
     @app.before_request
     def start_sources_if_no_server_hook_did():
         # gunicorn.conf.py starts the relay after fork; other WSGI servers get it on first request.
@@ -108,32 +114,9 @@ def _early_list(raw: Mapping[str, Any], key: str) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, worker (pid), message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-                "level": record.levelname.lower(), "logger": record.name, "worker": record.process,
-                "message": record.getMessage()}
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
-
-
 def _configure_logging(settings: Config) -> None:
     core = settings.section("")
-    logger = logging.getLogger("relay")
-    logger.setLevel(core["log_level"].upper())
-    handler = next((h for h in logger.handlers if getattr(h, "relay_handler", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler()
-        handler.relay_handler = True
-        logger.addHandler(handler)
-        logger.propagate = False
-    if core["log_format"] == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s [worker %(process)d] %(levelname)s %(name)s: %(message)s"))
+    configure_relay_logger(core["log_format"], core["log_level"])
 
 
 def _init_cors(app: Flask, origins: list[str]) -> None:
@@ -252,6 +235,8 @@ def _init_errors(app: Flask) -> None:
             body["message"] = f"the body is larger than max_body_size ({limit} bytes)"
         if exc.code == 408:
             app.extensions["relay"].stats.incr("rejected", source="http", reason="body_timeout")
+        if exc.code in (408, 413):  # a refused body, logged like a refused publish (relay.publish)
+            log_refused_body(request, exc.code, body["error"], body["message"])
         response = jsonify(body)
         response.status_code = exc.code
         if exc.code in (408, 413) or request.environ.get("relay.close_after_error"):

@@ -142,6 +142,9 @@ CORE_SECTIONS = (
                    env="RELAY_LOG_FORMAT", choices=("plain", "json")),
             Option("log_level", str, "info", "logging level", env="RELAY_LOG_LEVEL",
                    choices=("debug", "info", "warning", "error")),
+            Option("access_log", str, "off", "one line per request on standard output, written when it ends "
+                   "(a stream when it closes); 'combined' is the Apache/nginx format plus the duration",
+                   env="RELAY_ACCESS_LOG", choices=("off", "json", "combined")),
         ),
         "Core settings.",
     ),

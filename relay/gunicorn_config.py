@@ -2,7 +2,8 @@
 
 Environment: ``RELAY_BIND`` (default ``127.0.0.1:8000``), ``RELAY_WORKERS`` (default 1),
 ``RELAY_WORKER_CONNECTIONS`` (default 10100: 10000 streams and ``sinks.sse.reserved_connections``),
-``RELAY_GRACEFUL_TIMEOUT`` (default 10).
+``RELAY_GRACEFUL_TIMEOUT`` (default 10). Logs: relay's ``log_format``, ``log_level`` and
+``access_log`` apply to gunicorn's own lines too (relay.gunicorn_logging).
 """
 
 import os
@@ -11,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+
+from relay.logs import early_setting
 
 bind = os.environ.get("RELAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RELAY_WORKERS", "1"))
@@ -21,6 +24,9 @@ worker_connections = int(os.environ.get("RELAY_WORKER_CONNECTIONS", "10100"))
 timeout = 30
 keepalive = 75
 graceful_timeout = int(os.environ.get("RELAY_GRACEFUL_TIMEOUT", "10"))
+# gunicorn's lines in relay's format (JSON with log_format = "json") and relay's access log.
+logger_class = "relay.gunicorn_logging.GunicornLogger"
+loglevel = early_setting("log_level")  # gunicorn's --log-level still wins
 
 
 def on_starting(server):
@@ -31,11 +37,30 @@ def on_starting(server):
     os.environ["RELAY_WORKER_CONNECTIONS"] = str(server.cfg.worker_connections)
     # In a child process: the arbiter must not import the app (and with it ssl, redis, kafka)
     # before the workers fork and gevent monkey-patches them.
-    check = subprocess.run([sys.executable, "-m", "relay", "check-config", "--quiet"], timeout=120)
-    if check.returncode != 0:
+    if not _check_config(server):
         sys.exit(1)
     _prepare_metrics_directory()
     _raise_open_file_limit()
+
+
+def _check_config(server) -> bool:
+    """``relay check-config`` in a child process; its output in the log's format."""
+    argv = [sys.executable, "-m", "relay", "check-config", "--quiet"]
+    if getattr(server.log, "log_format", "plain") != "json":
+        return subprocess.run(argv, timeout=120, check=False).returncode == 0
+    # Under log_format = "json" its plain-text complaints would break the JSON stream: pass its
+    # JSON lines (relay's log) through, and log the rest as one record.
+    check = subprocess.run(argv, timeout=120, capture_output=True, text=True, errors="replace", check=False)
+    text = []
+    for line in (check.stdout + check.stderr).splitlines():
+        if line.startswith("{") and line.endswith("}"):
+            sys.stderr.write(line + "\n")
+        elif line.strip():
+            text.append(line)
+    if text:
+        (server.log.error if check.returncode else server.log.info)("%s", "\n".join(text))
+    sys.stderr.flush()
+    return check.returncode == 0
 
 
 def _prepare_metrics_directory():
@@ -77,6 +102,7 @@ def post_worker_init(worker):
     import gevent
 
     relay = worker.wsgi.extensions["relay"]
+    _log_greenlet_errors(worker)
     relay.start()
     # What exists now (modules, the app, its plugins) lives as long as the worker: move it out of
     # the cyclic collector's reach. Otherwise every full collection walks it all while every
@@ -91,6 +117,24 @@ def post_worker_init(worker):
         relay.stop()
 
     gevent.spawn(stop_when_worker_stops)
+
+
+def _log_greenlet_errors(worker):
+    # gevent prints a greenlet's uncaught exception as a bare traceback on standard error; under
+    # log_format = "json" that would break the JSON stream, so it goes through the log instead.
+    if getattr(worker.log, "log_format", "plain") != "json":
+        return
+    import logging
+
+    import gevent
+
+    log = logging.getLogger("relay.gevent")
+
+    def print_exception(context, kind, value, tb):
+        log.error("%s failed with %s", context, getattr(kind, "__name__", "exception"),
+                  exc_info=(kind, value, tb) if kind is not None else None)
+
+    gevent.get_hub().print_exception = print_exception
 
 
 def worker_exit(server, worker):

@@ -81,6 +81,20 @@ def relay_init_app(app: Flask, relay: Relay) -> None:
 
 
 @hookspec
+def relay_openapi_paths(relay: Relay) -> dict[str, dict[str, Any]] | None:
+    """Describe the HTTP routes this plugin adds, for the OpenAPI document at ``/openapi.json``.
+
+    Called once per app, on the first request for the document (after every ``relay_init_app``).
+    Keys are Flask rules as registered (``"/my-plugin/<name>"``), values OpenAPI 3.1 path items
+    (``{"get": {"responses": {...}}}``); an operation is listed only if the app serves that rule
+    and method. Answers may use ``{"$ref": "#/components/schemas/Error"}`` for relay's JSON error
+    body. A schemathesis run against a relay (as in ``tests/test_openapi.py``) keeps it true.
+
+    :return: ``{rule: path item}``, or ``None`` when the plugin adds no routes.
+    """
+
+
+@hookspec
 def relay_sources(relay: Relay) -> list[Source]:
     """Return the sources to run with the current configuration.
 
@@ -214,4 +228,22 @@ def relay_shutdown(relay: Relay) -> None:
 
     Called once, before sources are stopped. End streams, flush queues, close connections.
     Keep it short; relay waits a bounded time.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: in the `relay` command's process, not in a worker
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def relay_cli_commands(commands: Any) -> None:
+    """Add sub-commands to the ``relay`` command (the webhook sink adds ``relay webhooks``).
+
+    Called once per ``relay`` run with the plugins the configuration loads (``plugins``,
+    ``disable_plugins``), outside any worker: no app, no ``Relay``, no gevent. ``commands`` is the
+    argparse sub-parsers object: call ``commands.add_parser(name, help=…)``, give every
+    option a help text, and ``set_defaults(func=…)`` to a function that takes the parsed
+    arguments and returns the exit status. ``relay.cli_support.add_client_options`` adds the
+    shared ``--url``/``--token``/``--json``/``--timeout`` options so they work before or after
+    the sub-command.
     """

@@ -16,7 +16,8 @@ import pluggy
 from relay import hookspecs
 
 ENTRY_POINT_GROUP = "relay"
-BUILTIN_PLUGINS = ("sse", "http_publish", "jwt_auth", "redis_backbone", "demo", "webhooks", "redis", "kafka")
+BUILTIN_PLUGINS = ("sse", "http_publish", "jwt_auth", "redis_backbone", "demo", "webhooks", "redis", "kafka",
+                   "presence")
 
 log = logging.getLogger("relay.plugins")
 

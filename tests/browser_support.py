@@ -7,10 +7,12 @@ package's sync API; playwright's own browser download is never used.
 Fixtures:
 
 ``browser``     one Chromium for the session.
-``open_page``   ``open_page(url)`` opens the URL in a fresh context (its own cookies and cache,
-                like a second browser) and returns the page; ``page.errors`` collects uncaught
-                page errors and failed console messages. When the test fails, every page it
-                opened is saved to ``test-artifacts/<test>/page<N>.png`` with its console log.
+``open_page``   ``open_page(url, viewport=None)`` opens the URL in a fresh context (its own
+                cookies and cache, like a second browser) and returns the page; ``page.errors``
+                collects uncaught page errors and failed console messages. ``viewport`` is
+                ``{"width", "height"}`` (a laptop's 1000 x 760 by default). When the test fails,
+                every page it opened is saved to ``test-artifacts/<test>/page<N>.png`` with its
+                console log. ``save_screenshot(page, name)`` saves one on purpose, pass or fail.
 ``demo_redis``  a redis-server on a free port for this test: ``.url``, ``.client``.
 ``tcp_proxy``   ``tcp_proxy(port)`` forwards a free port to ``port``; ``.cut()`` drops every
                 connection and refuses new ones until ``.restore()``: a network outage between
@@ -64,8 +66,8 @@ def browser():
 def open_page(browser, request):
     opened = []
 
-    def open_page(url: str):
-        context = browser.new_context(viewport={"width": 1000, "height": 760})
+    def open_page(url: str, viewport: dict | None = None):
+        context = browser.new_context(viewport=viewport or {"width": 1000, "height": 760})
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.errors = []
@@ -90,6 +92,14 @@ def _on_console(page, msg) -> None:
     # A stream cut or a relay that is down logs a network error per EventSource attempt: expected.
     if msg.type == "error" and not _NETWORK_ERROR.search(msg.text):
         page.errors.append(line)
+
+
+def save_screenshot(page, name: str) -> Path:
+    """Save what ``page`` shows now as ``test-artifacts/screenshots/<name>.png``, to look at later."""
+    path = ARTIFACTS / "screenshots" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+    return path
 
 
 def _save_artifacts(nodeid: str, pages) -> None:

@@ -9,34 +9,53 @@ from relay.testing import RelayServer, free_port, http_request
 
 
 
-def vote(server, room, option, poll="main", raw=None):
+def vote(server, room, option, poll="main", raw=None, cookie=None, full=False):
+    """POST a vote; with ``cookie`` as a browser holding that Cookie header would. ``full`` also
+    answers the response headers."""
     body = raw if raw is not None else json.dumps({"option": option}).encode()
-    status, _, answer = http_request(f"{server.url}/demo/api/rooms/{room}/polls/{poll}/votes", "POST", body,
-                                     {"Content-Type": "application/json"})
-    return status, json.loads(answer)
+    headers = {"Content-Type": "application/json", **({"Cookie": cookie} if cookie else {})}
+    status, answer_headers, answer = http_request(f"{server.url}/demo/api/rooms/{room}/polls/{poll}/votes",
+                                                  "POST", body, headers)
+    return (status, json.loads(answer), answer_headers) if full else (status, json.loads(answer))
 
 
-def tallies(server, room, poll="main"):
-    status, _, answer = http_request(f"{server.url}/demo/api/rooms/{room}/polls/{poll}")
+def tallies(server, room, poll="main", cookie=None):
+    status, _, answer = http_request(f"{server.url}/demo/api/rooms/{room}/polls/{poll}",
+                                     headers={"Cookie": cookie} if cookie else None)
     assert status == 200, answer
     return json.loads(answer)
+
+
+def voter_cookie(headers) -> str:
+    """The ``name=value`` of the voter cookie relay set, checking its attributes."""
+    set_cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Lax" in set_cookie and "Path=/demo/api/" in set_cookie
+    return set_cookie.split(";")[0]
 
 
 def test_the_page_and_its_files_are_served_by_relay(shared_relay_server):
     status, headers, page = http_request(f"{shared_relay_server.url}/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     html = page.decode()
-    files = re.findall(r'(?:src|href)="(/demo/static/[^"]+)"', html)
-    assert sorted(files) == ["/demo/static/app.css", "/demo/static/app.js"]
-    for path in files:
+    files = set(re.findall(r'(?:src|href)="(/demo/static/[^"]+)"', html))
+    pictures = {f"/demo/static/{name}.svg" for name in ("dolphin", "applause", "heart", "rocket")}
+    assert files == {"/demo/static/app.css", "/demo/static/app.js"} | pictures
+    _, _, script = http_request(f"{shared_relay_server.url}/demo/static/app.js")
+    for path in files | {"/demo/static/sparkle.svg"}:  # the sparkle stands for unknown emotes
         status, headers, body = http_request(f"{shared_relay_server.url}{path}")
         assert status == 200 and len(body) < 20_000, path
-        # No CDN, no third-party origin: everything the page loads comes from relay.
-        assert not re.search(rb"https?://", body), path
+        # No CDN, no third-party origin: everything the page loads comes from relay. (An SVG
+        # names its XML namespace with a URL, which is never fetched.)
+        assert not re.search(rb"https?://", body.replace(b'xmlns="http://www.w3.org/2000/svg"', b"")), path
+        if path.endswith(".svg"):
+            # Pictures, not fonts: small, and nothing in them that runs.
+            assert headers["Content-Type"].startswith("image/svg+xml") and len(body) < 2_000, path
+            assert b"<script" not in body and b"<svg" in body, path
+            assert path.removeprefix("/demo/static/").encode() in script + page, path
     assert not re.search(r"https?://", html)
-    _, _, script = http_request(f"{shared_relay_server.url}/demo/static/app.js")
     assert b"new EventSource(" in script
     assert b'addEventListener("emote"' in script and b'addEventListener("votes"' in script
+    assert b'addEventListener("relay-presence"' in script and b'presence: "1"' in script
 
 
 def test_config_describes_the_poll(shared_relay_server):
@@ -49,9 +68,9 @@ def test_config_describes_the_poll(shared_relay_server):
 
 def test_votes_are_tallied_per_room_and_poll(shared_relay_server):
     server = shared_relay_server
-    assert tallies(server, "t1") == {"room": "t1", "poll": "main",
+    assert tallies(server, "t1") == {"room": "t1", "poll": "main", "your_vote": None,
                                      "totals": {"Redis": 0, "Kafka": 0, "Webhooks": 0}, "total": 0}
-    for option in ("Kafka", "Kafka", "Redis"):
+    for option in ("Kafka", "Kafka", "Redis"):  # no cookie sent back: three different voters
         status, answer = vote(server, "t1", option)
         assert status == 200
     assert answer["totals"] == {"Redis": 1, "Kafka": 2, "Webhooks": 0} and answer["total"] == 3
@@ -96,6 +115,51 @@ BAD_VOTES = [
     (b'{"option": 1}', 422, "invalid_vote", "1 is not one of this poll's options"),
     (b'{"option": "Kafka", "weight": 100}', 422, "invalid_vote", "unknown field(s) weight"),
 ]
+
+
+def test_one_vote_per_browser_per_poll(shared_relay_server):
+    """The first vote sets an HttpOnly voter cookie; a second vote with it is a 409 that counts
+    nothing and publishes nothing, in this poll only."""
+    server = shared_relay_server
+    status, answer, headers = vote(server, "once", "Kafka", full=True)
+    assert status == 200 and answer["your_vote"] == "Kafka" and answer["totals"]["Kafka"] == 1
+    cookie = voter_cookie(headers)
+    assert tallies(server, "once", cookie=cookie)["your_vote"] == "Kafka"
+    assert tallies(server, "once")["your_vote"] is None  # another browser has not voted
+
+    before = server.health()["backbone"]["last_seq"]
+    for option in ("Kafka", "Redis"):
+        status, answer, headers = vote(server, "once", option, cookie=cookie, full=True)
+        assert status == 409 and answer["error"] == "already_voted", answer
+        assert answer["message"] == "you already voted for Kafka in this poll; one vote per browser"
+        assert answer["your_vote"] == "Kafka" and "Set-Cookie" not in headers
+    assert tallies(server, "once")["totals"] == {"Redis": 0, "Kafka": 1, "Webhooks": 0}
+    assert server.health()["backbone"]["last_seq"] == before  # no votes event for a refused vote
+
+    # The same browser votes once in every other poll and room, with the same cookie.
+    for room, poll in (("once", "second"), ("elsewhere", "main")):
+        status, answer, headers = vote(server, room, "Redis", poll=poll, cookie=cookie, full=True)
+        assert status == 200 and answer["totals"]["Redis"] == 1 and "Set-Cookie" not in headers
+    # Another browser (another cookie) still votes in the first poll.
+    status, answer = vote(server, "once", "Redis", cookie=voter_cookie(vote(server, "other", "Redis", full=True)[2]))
+    assert status == 200 and answer["totals"] == {"Redis": 1, "Kafka": 1, "Webhooks": 0}
+
+
+def test_a_forged_voter_cookie_is_replaced_not_trusted(shared_relay_server):
+    server = shared_relay_server
+    for forged in ("relay_demo_voter=", "relay_demo_voter=short", "relay_demo_voter=" + "x;" * 40):
+        status, answer, headers = vote(server, "forged", "Redis", cookie=forged, full=True)
+        assert status == 200, answer
+        assert voter_cookie(headers) != forged  # a fresh id of relay's own
+    assert tallies(server, "forged")["total"] == 3
+
+
+def test_a_vote_must_be_sent_as_json(shared_relay_server):
+    """A cross-site form cannot send application/json: with it, no other site can vote for a visitor."""
+    status, _, answer = http_request(f"{shared_relay_server.url}/demo/api/rooms/forms/polls/main/votes", "POST",
+                                     b'{"option": "Kafka"}', {"Content-Type": "text/plain"})
+    assert status == 415 and json.loads(answer)["error"] == "unsupported_media_type"
+    assert tallies(shared_relay_server, "forms")["total"] == 0
 
 
 @pytest.mark.parametrize("body,status,error,message", BAD_VOTES)
@@ -150,9 +214,16 @@ def test_tallies_in_redis_are_shared_and_survive_a_restart(relay_server_factory,
     status, answer = vote(two, "shared", "Kafka")
     assert status == 200 and answer["totals"]["Kafka"] == 2
     assert demo_redis.client(decode_responses=True).hgetall("relay:demo:votes:shared:main") == {"Kafka": "2"}
+    # Who voted is shared too: a browser that voted through one relay cannot vote again through the other.
+    status, _, headers = vote(one, "shared", "Redis", poll="voters", full=True)
+    cookie = voter_cookie(headers)
+    status, answer = vote(two, "shared", "Kafka", poll="voters", cookie=cookie)
+    assert status == 409 and answer["your_vote"] == "Redis"
     one.stop()
     one.start()
     assert tallies(one, "shared")["totals"] == {"Redis": 0, "Kafka": 2, "Webhooks": 0}
+    assert vote(one, "shared", "Kafka", poll="voters", cookie=cookie)[0] == 409  # kept over the restart
+    assert tallies(one, "shared", "voters", cookie=cookie)["your_vote"] == "Redis"
     assert one.health()["components"]["demo"] == {"state": "up", "tallies": demo_redis.url}
 
 

@@ -20,7 +20,7 @@ def test_configuration_reference_is_up_to_date():
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"```sh\n(.+?)\n```", readme)
+    commands = re.findall(r"```sh\n(.+?)\n```", readme, re.DOTALL)
     run, test = commands[0], commands[1]
     assert run.endswith("gunicorn -k gevent wsgi:app")
     assert "pytest" in test and test in (ROOT / ".ci/run").read_text()

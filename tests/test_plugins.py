@@ -105,7 +105,7 @@ def test_builtins_load_through_the_entry_point_group():
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if not line.startswith(" ")}
     for name in ("sse", "http_publish"):
-        assert "relay 0." in rows[name]  # loaded from the relay distribution's entry points
+        assert "relay-events 0." in rows[name]  # loaded from the relay-events distribution's entry points
 
 
 def test_disabled_plugin_is_not_loaded(relay_server_factory):

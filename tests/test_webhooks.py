@@ -45,7 +45,7 @@ def test_every_event_on_the_channel_arrives_signed(relay_server_factory, receive
         assert payload["type"] == "emote" and payload["channel"] == "demo"
         assert payload["data"] == {"n": n, "text": "dolphin 🐬"}
         assert payload["timestamp"].endswith("Z") and "T" in payload["timestamp"]
-        assert list(payload) == ["type", "timestamp", "channel", "data"]
+        assert list(payload) == ["type", "timestamp", "channel", "id", "data"]
         assert request.headers["content-type"] == "application/json"
         assert request.headers["webhook-signature"].startswith("v1,")
         assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 30
@@ -236,7 +236,7 @@ def test_dead_letters_then_resend_and_replay(relay_server_factory, receiver, tmp
 
     def cli(*args):
         done = subprocess.run([sys.executable, "-m", "relay.cli", "webhooks", "--url", server.url, "--token", TOKEN,
-                               *args], capture_output=True, text=True, timeout=30, check=False)
+                               *args, "--json"], capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

@@ -27,10 +27,10 @@ pytestmark = pytest.mark.timeout(120)
 # -- signing ------------------------------------------------------------------------------------
 
 def test_signature_is_verified_by_standardwebhooks():
-    body = signing.build_body("order.paid", 1764170537.25, "demo", {"text": "dolphin 🐬", "n": [1, 2]})
+    body = signing.build_body("order.paid", 1764170537.25, "demo", "order-42", {"text": "dolphin 🐬", "n": [1, 2]})
     headers = signing.headers("msg_1", body, [SECRET])
     assert standardwebhooks.Webhook(SECRET).verify(body, headers) == {
-        "type": "order.paid", "timestamp": "2025-11-26T15:22:17.250Z", "channel": "demo",
+        "type": "order.paid", "timestamp": "2025-11-26T15:22:17.250Z", "channel": "demo", "id": "order-42",
         "data": {"text": "dolphin 🐬", "n": [1, 2]}}
     with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
         standardwebhooks.Webhook(SECRET).verify(body + b" ", headers)  # one byte changed

@@ -9,7 +9,9 @@ browser's ``EventSource`` to named events on the room's channel:
 
 Votes are tallied here, one tally per room and poll, in memory or in Redis
 (``[demo] tallies = "redis://..."``; by default the backbone's Redis when there is one), and
-every vote publishes a ``votes`` event with the totals. ``GET /demo/api/rooms/<room>/polls/<poll>`` answers the current totals, which the page
+every vote publishes a ``votes`` event with the totals. Each browser votes once per poll: the
+votes endpoint gives it a random voter id in an HttpOnly cookie and keeps, next to each tally,
+which option each voter chose; a second vote is refused with ``409 already_voted``. ``GET /demo/api/rooms/<room>/polls/<poll>`` answers the current totals, which the page
 fetches on every (re)connect and after a ``relay-missed`` event, so it never shows stale numbers.
 
 Turn the page off with ``disable_plugins = ["demo"]``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -34,6 +37,9 @@ SECTION = "demo"
 STATIC = Path(__file__).parent / "static"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # room and poll names: safe in a channel, a key and a URL
 VOTE_FIELDS = ("option",)
+VOTER_COOKIE = "relay_demo_voter"  # HttpOnly: the page's script never sees it, the browser sends it
+VOTER_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")  # what we issue (token_urlsafe(18) is 24 characters)
+VOTER_COOKIE_AGE = 365 * 24 * 3600
 MAX_MEMORY_TALLIES = 10_000  # (room, poll) pairs kept in memory; the least recently used go first
 
 log = logging.getLogger("relay.demo")
@@ -89,35 +95,64 @@ class TalliesUnavailable(RuntimeError):
     """The tally store cannot be reached; the vote was not counted."""
 
 
+class AlreadyVoted(Exception):
+    """This voter has voted in this poll before; ``option`` is what they chose then."""
+
+    def __init__(self, option: str):
+        super().__init__(option)
+        self.option = option
+
+
 class MemoryTallies:
     """Tallies in this process: lost on restart, not shared between workers."""
 
     kind = "memory"
 
     def __init__(self, limit: int = MAX_MEMORY_TALLIES):
-        self._tallies: OrderedDict[tuple[str, str], dict[str, int]] = OrderedDict()
+        # (room, poll) -> (option -> count, voter -> option)
+        self._tallies: OrderedDict[tuple[str, str], tuple[dict[str, int], dict[str, str]]] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()  # gevent-patched under gunicorn; never held across I/O
 
-    def add(self, room: str, poll: str, option: str) -> dict[str, int]:
+    def add(self, room: str, poll: str, option: str, voter: str) -> dict[str, int]:
+        """Count ``voter``'s vote and answer the totals; :class:`AlreadyVoted` if they voted before."""
         with self._lock:
-            tally = self._tallies.setdefault((room, poll), {})
+            tally, voters = self._tallies.setdefault((room, poll), ({}, {}))
             self._tallies.move_to_end((room, poll))
+            if voter in voters:
+                raise AlreadyVoted(voters[voter])
+            voters[voter] = option
             tally[option] = tally.get(option, 0) + 1
             while len(self._tallies) > self._limit:
                 self._tallies.popitem(last=False)
             return dict(tally)
 
-    def get(self, room: str, poll: str) -> dict[str, int]:
+    def get(self, room: str, poll: str, voter: str | None = None) -> tuple[dict[str, int], str | None]:
+        """The totals, and the option ``voter`` chose (None when they have not voted)."""
         with self._lock:
-            return dict(self._tallies.get((room, poll), {}))
+            tally, voters = self._tallies.get((room, poll), ({}, {}))
+            return dict(tally), voters.get(voter) if voter else None
 
     def health(self) -> dict:
         return {"state": "up", "tallies": "memory", "polls": len(self._tallies)}
 
 
+# Atomically: record the voter's choice unless they voted before, then count it. One round trip,
+# and no window in which two workers could both count the same voter.
+ADD_VOTE = """
+local previous = redis.call('HGET', KEYS[2], ARGV[1])
+if previous then return {0, previous} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+
+
 class RedisTallies:
-    """Tallies in Redis hashes ``<prefix><room>:<poll>``: shared by workers, kept over restarts."""
+    """Tallies in Redis hashes ``<prefix><room>:<poll>``: shared by workers, kept over restarts.
+
+    Who voted for what is the hash ``<prefix><room>:<poll>:voters`` (voter id -> option).
+    """
 
     kind = "redis"
 
@@ -134,21 +169,27 @@ class RedisTallies:
     def _key(self, room: str, poll: str) -> str:
         return f"{self.prefix}{room}:{poll}"
 
-    def add(self, room: str, poll: str, option: str) -> dict[str, int]:
+    def add(self, room: str, poll: str, option: str, voter: str) -> dict[str, int]:
+        """Count ``voter``'s vote and answer the totals; :class:`AlreadyVoted` if they voted before."""
+        key = self._key(room, poll)
         try:
-            pipe = self.client.pipeline(transaction=True)  # the increment and a consistent snapshot
-            pipe.hincrby(self._key(room, poll), option, 1)
-            pipe.hgetall(self._key(room, poll))
-            _, totals = pipe.execute()
+            counted, result = self.client.eval(ADD_VOTE, 2, key, f"{key}:voters", voter, option)
         except self._errors as exc:
             raise TalliesUnavailable(f"Redis at {self.where}: {exc}") from exc
-        return _ints(totals)
+        if not counted:
+            raise AlreadyVoted(result)
+        return _ints(dict(zip(result[::2], result[1::2])))  # HGETALL comes back from Lua as a flat list
 
-    def get(self, room: str, poll: str) -> dict[str, int]:
+    def get(self, room: str, poll: str, voter: str | None = None) -> tuple[dict[str, int], str | None]:
+        """The totals, and the option ``voter`` chose (None when they have not voted)."""
         try:
-            return _ints(self.client.hgetall(self._key(room, poll)))
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(self._key(room, poll))
+            pipe.hget(f"{self._key(room, poll)}:voters", voter or "")
+            totals, chosen = pipe.execute()
         except self._errors as exc:
             raise TalliesUnavailable(f"Redis at {self.where}: {exc}") from exc
+        return _ints(totals), chosen if voter else None
 
     def health(self) -> dict:
         try:
@@ -208,6 +249,12 @@ def _refused(relay, action: str, channel: str):
     return _error(decision.status, "unauthorized" if decision.status == 401 else "forbidden", decision.message)
 
 
+def _voter() -> str | None:
+    """The voter id this browser's cookie carries, when it is one we could have issued."""
+    voter = request.cookies.get(VOTER_COOKIE, "")
+    return voter if VOTER_ID.fullmatch(voter) else None
+
+
 def _bad_names(room: str, poll: str):
     for field, value in (("room", room), ("poll", poll)):
         if not NAME.fullmatch(value):
@@ -239,11 +286,11 @@ def relay_init_app(app, relay):
         if bad:
             return bad
         try:
-            counts = demo.tallies.get(room, poll)
+            counts, chosen = demo.tallies.get(room, poll, _voter())
         except TalliesUnavailable as exc:
             log.error("cannot read tallies: %s", exc)
             return _error(503, "tallies_unavailable", f"the tally store is unavailable: {exc}")
-        return jsonify(demo.state(room, poll, counts))
+        return jsonify({**demo.state(room, poll, counts), "your_vote": chosen})
 
     @blueprint.post("/demo/api/rooms/<room>/polls/<poll>/votes")
     def vote(room: str, poll: str):
@@ -251,6 +298,9 @@ def relay_init_app(app, relay):
         bad = _bad_names(room, poll) or _refused(relay, "publish", demo.channel(room))
         if bad:
             return bad
+        if request.mimetype != "application/json":
+            # As for publishing: a cross-site form cannot send this type without asking first.
+            return _error(415, "unsupported_media_type", "send the vote as Content-Type: application/json")
         body = request.get_data(cache=False)
         try:
             message = loads_json(body.decode("utf-8"))  # InvalidJSON (too deep, too) is a ValueError
@@ -266,20 +316,32 @@ def relay_init_app(app, relay):
             return _error(422, "invalid_vote",
                           f"option: {repr(option)[:80]} is not one of this poll's options" if "option" in message
                           else "option: is required", options=demo.options)
+        voter = _voter()
+        new_voter = voter is None
+        if new_voter:  # a browser without a (valid) voter cookie gets one with this answer
+            voter = secrets.token_urlsafe(18)
         try:
-            counts = demo.tallies.add(room, poll, option)
+            counts = demo.tallies.add(room, poll, option, voter)
         except TalliesUnavailable as exc:
             log.error("cannot count a vote: %s", exc)
             return _error(503, "tallies_unavailable", f"the vote was not counted: {exc}")
+        except AlreadyVoted as exc:
+            return _error(409, "already_voted", f"you already voted for {exc.option} in this poll; "
+                                                "one vote per browser", your_vote=exc.option)
         state = demo.state(room, poll, counts)
         try:
             # Arrived in this worker only: the backbone carries it to every worker's pages.
             published = relay.publish(Event(demo.channel(room), "votes", state, source="demo"), broadcast=True)
+            answer = {**state, "your_vote": option, "event_id": published.id if published else None}
         except BackboneUnavailable as exc:
             # Counted, but not announced: pages catch up when they next fetch the tallies.
             log.warning("a vote in %s/%s was counted but not broadcast: %s", room, poll, exc)
-            return jsonify({**state, "event_id": None, "warning": f"counted, not broadcast: {exc}"}), 200
-        return jsonify({**state, "event_id": published.id if published else None}), 200
+            answer = {**state, "your_vote": option, "event_id": None, "warning": f"counted, not broadcast: {exc}"}
+        response = jsonify(answer)
+        if new_voter:
+            response.set_cookie(VOTER_COOKIE, voter, max_age=VOTER_COOKIE_AGE, path="/demo/api/",
+                                httponly=True, samesite="Lax", secure=request.is_secure)
+        return response
 
     app.register_blueprint(blueprint)
 

@@ -32,6 +32,13 @@ def relay_config_sections():
 
 
 @hookimpl
+def relay_cli_commands(commands):
+    from plugins.webhooks.cli import add_command  # only the relay command needs it
+
+    add_command(commands)
+
+
+@hookimpl
 def relay_init_app(app, relay):
     settings = relay.config.section(SECTION)
     if not settings["endpoints"] and not settings["admin_token"]:

@@ -262,6 +262,8 @@ def create_blueprint(sink) -> Blueprint:
         ids = _strings(data, "ids", False)
         if ids is None:
             endpoint = data.get("endpoint")
+            if endpoint is not None and not isinstance(endpoint, str):  # the store would fail with a 500
+                raise ApiError(422, "invalid_request", "endpoint: must be an endpoint id (a string)")
             ids = [d.id for d in store.deliveries(endpoint, DEAD, None, REPLAY_LIMIT)]
         count = store.requeue(ids, time.time())
         sink.wake.set()

@@ -12,7 +12,6 @@ deliveries from the store and runs each attempt in a greenlet of its own, at mos
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 import random
@@ -29,6 +28,7 @@ from plugins.webhooks import client, signing
 from plugins.webhooks.model import DEAD, PENDING, SUCCEEDED, Attempt, Delivery, Endpoint
 from plugins.webhooks.settings import config_endpoint_id, redact_url
 from plugins.webhooks.ssrf import AddressPolicy
+from relay.client import parse_retry_after
 from relay.config import ConfigError
 from relay.source import Source
 
@@ -59,20 +59,6 @@ def open_store(settings: dict[str, Any], data_dir: str):
             raise ConfigError([f"data_dir: {exc}"]) from None
     # SQLite blocks in C (lock waits, fsync): off the gevent hub. Redis is cooperative I/O.
     return InThread(SQLiteStore(path))
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, moment.timestamp() - now)
 
 
 class Sink:
@@ -132,7 +118,7 @@ class Sink:
         targets = [e for e in self.endpoints() if e.enabled and e.matches(event.channel, event.event)]
         if not targets:
             return 0
-        body = signing.build_body(event.event, event.timestamp, event.channel, event.data)
+        body = signing.build_body(event.event, event.timestamp, event.channel, event.id, event.data)
         now = time.time()
         first = now + self.schedule[0]
         deliveries = [Delivery(id=signing.webhook_id(e.id, event.channel, event.id), endpoint_id=e.id,

@@ -41,10 +41,12 @@ def rfc3339(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build_body(event_type: str, timestamp: float, channel: str, data: Any) -> bytes:
-    """The Standard Webhooks body: ``{"type", "timestamp", "channel", "data"}`` as compact UTF-8 JSON."""
-    return json.dumps({"type": event_type, "timestamp": rfc3339(timestamp), "channel": channel, "data": data},
-                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def build_body(event_type: str, timestamp: float, channel: str, event_id: str | None, data: Any) -> bytes:
+    """The Standard Webhooks body: ``{"type", "timestamp", "channel", "id", "data"}`` as compact
+    UTF-8 JSON. ``id`` is relay's event id, the SSE ``id:`` of the same event, so a receiver can
+    match a delivery with what browsers saw (``webhook-id`` is per endpoint, not the event's)."""
+    body = {"type": event_type, "timestamp": rfc3339(timestamp), "channel": channel, "id": event_id, "data": data}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def webhook_id(endpoint_id: str, channel: str, event_id: str) -> str:

@@ -1,20 +1,70 @@
 // relay's live reactions demo: publishes with fetch() to relay's HTTP API and listens with the
-// browser's own EventSource to the named events "emote" and "votes" on the room's channel.
+// browser's own EventSource to the named events "emote", "votes" and "relay-presence" on the
+// room's channel. Emotes are SVG images shipped with relay, so they look the same on a machine
+// without a colour-emoji font.
 "use strict";
 
 const POLL = "main";
 const ROOM_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-const EMOTES = {  // emote name -> [emoji, animation]; other names still fly, as text
-  dolphin: ["🐬", "swim"], applause: ["👏", "float"], heart: ["❤️", "float"], rocket: ["🚀", "float"],
+const STATIC = "/demo/static/";
+const EMOTES = {  // emote name -> [picture, animation]; other names fly as a sparkle and their name
+  dolphin: ["dolphin.svg", "swim"], applause: ["applause.svg", "float"], heart: ["heart.svg", "float"],
+  rocket: ["rocket.svg", "float"],
 };
+const UNKNOWN_EMOTE = ["sparkle.svg", "float"];
 const MAX_FLYING = 60;
+const RETRY_MS = 3000;  // a failed tallies fetch is tried again after this long
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
 const state = {
   config: null, room: "", channel: "", source: null, lastEventId: "",
   shownTotal: -1,  // the newest tally shown; older "votes" events (replays, races) are ignored
-  retryTimer: 0, retryDelay: 1000, received: 0,
+  retryTimer: 0, retryDelay: 1000, resyncTimer: 0, received: 0, yourVote: null,
 };
+
+// -- words -----------------------------------------------------------------------------------
+
+function plural(n, one, many) {
+  return n === 1 ? one : many;
+}
+
+/** A relay answer that was not 2xx: ``message`` is relay's own JSON message when there is one. */
+class RelayError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+/** What to tell a person about ``err``, never the browser's raw text such as "Failed to fetch". */
+function explain(err, what) {
+  if (err instanceof RelayError) return `${what}: ${err.message}`;
+  return `Can't reach the relay — ${what.charAt(0).toLowerCase()}${what.slice(1)}. Is it running?`;
+}
+
+/** fetch() relay and answer its JSON body; a RelayError for an error answer. */
+async function call(url, options = {}) {
+  const response = await fetch(url, { cache: "no-store", ...options });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (err) {
+    // Not JSON: a proxy's HTML error page, say. Described below by its status.
+  }
+  if (!response.ok || body === null) {
+    const message = body && typeof body.message === "string" ? body.message
+      : `relay answered ${response.status} ${response.statusText}`.trim();
+    throw new RelayError(response.status, message, body);
+  }
+  return body;
+}
+
+function post(url, message) {
+  return call(url, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(message),
+  });
+}
 
 // -- connection ------------------------------------------------------------------------------
 
@@ -24,13 +74,18 @@ function setConnection(name, text) {
   badge.textContent = text;
 }
 
+function streamUrl() {
+  // presence=1: relay also sends "relay-presence" events with the number of open streams.
+  const params = new URLSearchParams({ presence: "1" });
+  // A new EventSource cannot send the Last-Event-ID header; relay reads the same from the query.
+  if (state.lastEventId) params.set("lastEventId", state.lastEventId);
+  return `/events/${encodeURIComponent(state.channel)}?${params}`;
+}
+
 function connect() {
   clearTimeout(state.retryTimer);
   if (state.source) state.source.close();
-  let url = "/events/" + encodeURIComponent(state.channel);
-  // A new EventSource cannot send the Last-Event-ID header; relay reads the same from the query.
-  if (state.lastEventId) url += "?lastEventId=" + encodeURIComponent(state.lastEventId);
-  const source = state.source = new EventSource(url);
+  const source = state.source = new EventSource(streamUrl());
   setConnection("connecting", "connecting…");
 
   source.addEventListener("open", () => {
@@ -41,6 +96,7 @@ function connect() {
   source.addEventListener("error", () => {
     if (source !== state.source) return;
     setConnection("reconnecting", "reconnecting…");
+    showPresence(null);  // who is here is unknown until the stream is back
     if (source.readyState === EventSource.CLOSED) {
       // The browser gave up (an answer that was not a stream): try again ourselves, backing off.
       state.retryTimer = setTimeout(connect, state.retryDelay);
@@ -50,6 +106,12 @@ function connect() {
   });
   source.addEventListener("emote", (e) => { remember(e); showEmote(parse(e.data)); });
   source.addEventListener("votes", (e) => { remember(e); showVotes(parse(e.data)); });
+  source.addEventListener("relay-presence", (e) => {  // no id: presence is not replayed
+    const data = parse(e.data);
+    if (data && data.channel === state.channel && Number.isInteger(data.subscribers)) {
+      showPresence(data.subscribers);
+    }
+  });
   source.addEventListener("relay-missed", (e) => {
     const info = parse(e.data) || {};
     showNotice(`Some events could not be replayed (${info.reason || "unknown"}); the tallies were refreshed.`);
@@ -70,19 +132,37 @@ function parse(text) {  // relay sends JSON values compact, and strings as they 
   }
 }
 
+function showPresence(count) {
+  const element = $("presence");
+  element.hidden = count === null;
+  element.textContent = count === null ? "" : `${count} here`;
+  element.title = count === null ? "" : `${count} ${plural(count, "page is", "pages are")} open in this room`;
+}
+
 // -- emotes ----------------------------------------------------------------------------------
+
+function picture(name, className) {
+  const [file] = Object.hasOwn(EMOTES, name) ? EMOTES[name] : UNKNOWN_EMOTE;
+  const img = document.createElement("img");
+  img.src = STATIC + file;
+  img.alt = "";  // the name is always written next to it, or is the button's label
+  img.className = className;
+  return img;
+}
 
 function showEmote(data) {
   const name = typeof data === "string" ? data : (data && typeof data.emote === "string" ? data.emote : "");
   if (!name) return;
   const known = Object.hasOwn(EMOTES, name);
-  const [emoji, motion] = known ? EMOTES[name] : ["✨", "float"];
+  const [, motion] = known ? EMOTES[name] : UNKNOWN_EMOTE;
   const label = name.slice(0, 24);
   const stage = $("stage");
   while (stage.children.length >= MAX_FLYING) stage.firstElementChild.remove();
   const flyer = document.createElement("span");
   flyer.className = `flyer ${motion}`;
-  flyer.textContent = known ? emoji : `${emoji} ${label}`;
+  flyer.append(picture(name, "picture"));
+  if (!known) flyer.append(label);  // as text, never markup
+  flyer.setAttribute("aria-label", label);
   flyer.dataset.testid = "flying-emote";
   flyer.dataset.emote = name;
   flyer.style.top = `${10 + Math.random() * 70}%`;
@@ -91,12 +171,22 @@ function showEmote(data) {
   setTimeout(() => flyer.remove(), 8000);  // also when animations do not run (hidden tab)
   stage.append(flyer);
   state.received += 1;
+  showReceived();
+  $("last-emote").replaceChildren(picture(name, "inline"), label);
+}
+
+function showReceived() {
   $("emote-count").textContent = String(state.received);
-  $("last-emote").textContent = `${emoji} ${label}`;
+  $("emote-noun").textContent = plural(state.received, "emote", "emotes");
 }
 
 async function sendEmote(name) {
-  await post("/events/" + encodeURIComponent(state.channel), { event: "emote", data: { emote: name } });
+  try {
+    await post("/events/" + encodeURIComponent(state.channel), { event: "emote", data: { emote: name } });
+    showError("");
+  } catch (err) {
+    showError(explain(err, `Your ${name} was not sent`));
+  }
 }
 
 // -- the poll --------------------------------------------------------------------------------
@@ -114,6 +204,8 @@ function renderPoll() {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.testid = `vote-${option}`;
+    button.dataset.option = option;
+    button.setAttribute("aria-pressed", "false");
     button.textContent = option;
     button.addEventListener("click", () => vote(option));
     const bar = document.createElement("span");
@@ -125,6 +217,15 @@ function renderPoll() {
     count.textContent = "0";
     item.append(button, bar, count);
     list.append(item);
+  }
+  $("vote-total").textContent = "0";
+  $("vote-noun").textContent = "votes";
+}
+
+function showYourVote(option) {
+  state.yourVote = option || null;
+  for (const button of $("poll-options").querySelectorAll("button[data-option]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.option === state.yourVote));
   }
 }
 
@@ -141,43 +242,45 @@ function showVotes(data) {
     document.querySelector(`.bar[data-option="${CSS.escape(option)}"]`).style.width = `${(100 * n) / most}%`;
   }
   $("vote-total").textContent = String(data.total);
+  $("vote-noun").textContent = plural(data.total, "vote", "votes");
 }
 
 async function resync() {
-  state.shownTotal = -1;  // after a reconnect the server's numbers win, even if they went down
+  clearTimeout(state.resyncTimer);
   const room = state.room;
+  state.shownTotal = -1;  // after a reconnect the server's numbers win, even if they went down
   try {
-    const response = await fetch(pollUrl(), { cache: "no-store" });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.message || response.statusText);
-    if (room === state.room) showVotes(body);
+    const body = await call(pollUrl());
+    if (room !== state.room) return;  // the room changed while we waited
+    showVotes(body);
+    showYourVote(body.your_vote);
     showError("");
   } catch (err) {
-    showError(`Could not load the tallies: ${err.message}`);
+    if (room !== state.room) return;
+    if (err instanceof RelayError) {
+      showError(explain(err, "The tallies could not be loaded"));
+    } else {
+      showError("Can't reach the relay — retrying…");
+      state.resyncTimer = setTimeout(resync, RETRY_MS);
+    }
   }
 }
 
 async function vote(option) {
-  const body = await post(pollUrl() + "/votes", { option });
-  if (body) showVotes(body);
-}
-
-// -- helpers ---------------------------------------------------------------------------------
-
-async function post(url, message) {
   try {
-    const response = await fetch(url, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(message),
-    });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.message || response.statusText);
+    const body = await post(pollUrl() + "/votes", { option });
+    showVotes(body);
+    showYourVote(body.your_vote);
     showError("");
-    return body;
   } catch (err) {
-    showError(`Could not send: ${err.message}`);
-    return null;
+    if (err instanceof RelayError && err.body && typeof err.body.your_vote === "string") {
+      showYourVote(err.body.your_vote);  // 409: this browser voted before, perhaps in another tab
+    }
+    showError(explain(err, "Your vote was not counted"));
   }
 }
+
+// -- page ------------------------------------------------------------------------------------
 
 function showError(text) {
   $("error").textContent = text;
@@ -194,20 +297,41 @@ function joinRoom(room) {
   state.channel = state.config.channel_prefix + room;
   state.lastEventId = "";
   state.shownTotal = -1;
+  // A new room starts from nothing: no emotes received, no flyers, no tallies, no vote, no count.
+  state.received = 0;
+  showReceived();
+  $("last-emote").textContent = "none yet";
+  $("stage").replaceChildren();
   $("room-name").textContent = room;
   $("channel").textContent = state.channel;
   $("room-input").value = room;
   showNotice("");
+  showError("");
+  showPresence(null);
   renderPoll();
+  showYourVote(null);
   const url = new URL(location.href);
   url.searchParams.set("room", room);
   history.replaceState(null, "", url);
   connect();
 }
 
+async function loadConfig() {
+  for (;;) {
+    try {
+      const config = await call("/demo/api/config");
+      showError("");
+      return config;
+    } catch (err) {
+      showError(err instanceof RelayError ? explain(err, "The page could not start")
+        : "Can't reach the relay — retrying…");
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+    }
+  }
+}
+
 async function main() {
-  const response = await fetch("/demo/api/config");
-  state.config = await response.json();
+  state.config = await loadConfig();
   document.querySelectorAll("[data-emote]").forEach((button) => {
     button.addEventListener("click", () => sendEmote(button.dataset.emote));
   });
