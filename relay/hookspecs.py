@@ -2,13 +2,22 @@
 
 Read top to bottom, this module walks relay's lifecycle: configuration, start-up, every event,
 health and shutdown. Implement a hook with ``@relay.hookimpl`` on a function of the same name;
-an implementation may accept any subset of the arguments listed. Collection hooks return lists
-that relay merges; only ``relay_replay`` stops at the first answer.
+an implementation may accept any subset of the arguments listed. Three hooks stop at the
+first implementation that answers something other than ``None`` (pluggy's ``firstresult``):
+``relay_backbone``, ``relay_authorize`` and ``relay_replay``. Every other hook calls every
+implementation; collection hooks (``relay_config_sections``, ``relay_sources``) return lists
+that relay merges.
 
-All hooks run in the worker process (after gunicorn forks), inside gevent greenlets. Per-event
-hooks run in the greenlet that published the event (``relay_transform_event``) or in the
-worker's one sink greenlet (``relay_deliver``): they must not block the hub. Hand slow work to a
-greenlet, queue or thread of your own.
+All hooks but ``relay_cli_commands`` run in the worker process (after gunicorn forks), inside
+gevent greenlets, and they run in *every* worker: with N workers (``RELAY_WORKERS``) each calls
+``relay_sources`` and runs each source, and each worker calls ``relay_deliver`` for every event
+it sees, so a sink that writes each event somewhere writes it N times. Work that must happen
+once per event belongs in ``relay_deliver_durable`` (fed by a durable source: a Kafka or Redis
+Streams consumer group), or must deduplicate by ``(event.channel, event.id)`` as the webhook
+sink does. Per-event hooks run in the greenlet that published the event
+(``relay_transform_event``) or in the worker's one sink greenlet, after the SSE fan-out
+(``relay_deliver``, see ``relay/sink_queue.py``): they must not block the hub. Hand slow work to
+a greenlet, queue or thread of your own.
 """
 
 from __future__ import annotations
@@ -98,7 +107,9 @@ def relay_openapi_paths(relay: Relay) -> dict[str, dict[str, Any]] | None:
 def relay_sources(relay: Relay) -> list[Source]:
     """Return the sources to run with the current configuration.
 
-    Called once when the worker starts (after fork). Return an empty list when your section is
+    Called once when each worker starts (after fork): with several workers, every worker runs
+    its own instance of each source, so each reads the broker (or file) on its own and publishes
+    with ``relay.publish(event)`` to its own clients. Return an empty list when your section is
     not configured. relay runs each :class:`relay.source.Source` in its own greenlet, restarts it
     with capped exponential backoff when ``run`` raises, reports its status in ``/healthz`` and
     stops it on shutdown.
@@ -152,17 +163,21 @@ def relay_transform_event(relay: Relay, event: Event) -> Event | bool | None:
 def relay_deliver(relay: Relay, event: Event) -> None:
     """Receive every event that entered the backbone: the hook for sinks.
 
-    Called once per event, in delivery order, after the event has its id and has been handed to
-    the SSE clients, in one greenlet per worker that runs the sinks (so a sink that waits on a
-    disk or a lock never holds back a stream or a source). An HTTP publish
+    Called once per event in each worker that sees it, in delivery order, after the event has
+    its id and has been handed to the SSE clients, in one greenlet per worker that runs the
+    sinks (``relay/sink_queue.py``; a sink that waits on a disk or a lock never holds back a
+    stream or a source). With several workers that is every worker (the Redis backbone brings
+    every event to each, and each worker runs its own copy of every source), so a sink that
+    appends each event to a file writes it once per worker: for once-per-event work implement
+    ``relay_deliver_durable`` or deduplicate by ``(event.channel, event.id)``. An HTTP publish
     (``relay.publish(event, broadcast=True)``) answers after every implementation has returned
     for its event when the backbone delivers in the publishing worker (the in-memory backbone),
     so a sink that stores the event before returning has taken responsibility for it when the
-    publisher hears back; a source's ``relay.publish`` does not wait. One implementation that raises,
-    or runs longer than ``hook_timeout`` (interrupted at its next I/O), is logged with its
-    plugin's name and counted; the others still receive the event. Keep it short: put slow work
-    (network calls) on a queue of your own and deliver from another greenlet. (The SSE sink does
-    not use this hook: each browser subscribes to its channels on ``relay.bus`` directly.)
+    publisher hears back; a source's ``relay.publish`` does not wait. One implementation that
+    raises, or runs longer than ``hook_timeout`` (interrupted at its next I/O), is logged with
+    its plugin's name and counted; the others still receive the event. Keep it short: put slow
+    work (network calls) on a queue of your own and deliver from another greenlet. (The SSE sink
+    does not use this hook: each browser subscribes to its channels on ``relay.bus`` directly.)
 
     :param event: the event, with ``id`` and ``channel`` set.
     """
@@ -173,16 +188,16 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
     """Take responsibility for an event from a source that delivers at least once.
 
     Implement this in sinks that must not lose events (webhooks). A durable source (Kafka with a
-    ``group_id``) reads each broker message once per cluster, through a consumer group, and
-    calls this hook for it in its own greenlet, after the transforms and with the same ``id``
-    the SSE clients see. It commits its broker position past the event only once every
-    implementation has returned for it and for every event before it. So: return only after
-    the event is stored where a crash cannot lose it, and raise to refuse it; an implementation
-    that raises or runs longer than ``hook_timeout`` is logged and counted, and the source
-    offers it the same event again after a backoff (the sinks that took it are not asked
-    again by that worker). After a crash or rebalance, events after the last commit come
-    again: deduplicate by ``(event.channel, event.id)`` when that matters (ids are scoped to
-    their channel).
+    ``group_id``, Redis Streams with a ``group``) reads each broker message once per cluster,
+    through a consumer group, and calls this hook for it in its own greenlet, after the transforms
+    and with the same ``id`` the SSE clients see. It commits its broker position past the event only
+    once every implementation has returned for it and for every event before it. So: return only
+    after the event is stored where a crash cannot lose it, and raise to refuse it; an
+    implementation that raises or runs longer than ``hook_timeout`` is logged and counted, and the
+    source offers it the same event again after a backoff (the sinks that took it are not asked
+    again by that worker). After a crash or rebalance, events after the last commit come again:
+    deduplicate by ``(event.channel, event.id)`` when that matters (ids are scoped to their
+    channel).
 
     For the sources listed in ``relay.durable_sources``, relay does not call
     :func:`relay_deliver` of a plugin that implements this hook: it gets those events here, once,
@@ -216,9 +231,14 @@ def relay_replay(relay: Relay, channels: list[str], last_event_id: str, limit: i
 def relay_health(relay: Relay) -> dict[str, dict[str, Any]] | None:
     """Report the state of components this plugin owns, for ``/healthz``.
 
-    Sources need not implement this: relay reports every source's status itself.
+    Sources need not implement this: relay reports every source's status itself (``"starting"``,
+    ``"up"``, ``"down"``, or ``"stopped"`` during shutdown). States: ``"up"``; ``"degraded"``
+    (serving, but part of it is off, e.g. a disabled webhook endpoint); ``"starting"`` and
+    ``"down"``. Any component ``"down"`` makes ``/healthz`` say ``"status": "degraded"``;
+    ``/readyz`` answers 503 while any component is ``"down"`` or ``"starting"``.
 
-    :return: ``{"<component>": {"state": "up" | "down" | "starting", ...details}}`` or ``None``.
+    :return: ``{"<component>": {"state": "up" | "degraded" | "starting" | "down", ...details}}``
+        or ``None``.
     """
 
 

@@ -17,6 +17,34 @@ from relay.config import CORE_SECTIONS, Section
 from relay.plugins import BUILTIN_PLUGINS, get_plugin_manager
 
 _BANNER = re.compile(r"^# -{10,}\n# (?P<title>[^\n]+)\n# -{10,}$", re.M)
+_ROLE = re.compile(r":(?:class|func|meth|data|attr|mod|exc):`~?([^`]+)`")
+_FIELD = re.compile(r"^:(param|return|returns|raises)(?: ([^:]+))?:[ ]?(.*)$")
+
+
+def rst_to_markdown(text: str) -> str:
+    """Turn a docstring's reStructuredText into Markdown: roles and ````literals```` become code
+    spans, and the ``:param x:``/``:return:``/``:raises X:`` field list becomes a list."""
+    text = _ROLE.sub(r"`\1`", text).replace("``", "`")
+    out: list[str] = []
+    headed: set[str] = set()
+    for line in text.split("\n"):
+        field = _FIELD.match(line)
+        if field:
+            kind, name, rest = field.groups()
+            heading = {"param": "Parameters", "raises": "Raises"}.get(kind, "Returns")
+            if heading not in headed:
+                if out and out[-1] != "":
+                    out.append("")
+                out += [f"**{heading}**", ""]
+                headed.add(heading)
+            out.append(f"- `{name}`: {rest}" if name else f"- {rest}")
+        elif headed and line.startswith("    ") and out and out[-1].startswith(("- ", "  ")):
+            out.append("  " + line.strip())  # the continuation of a field
+        else:
+            if headed and line and out and out[-1].startswith(("- ", "  ")):
+                out.append("")
+            out.append(line)
+    return "\n".join(out)
 
 
 def hooks_markdown() -> str:
@@ -24,7 +52,7 @@ def hooks_markdown() -> str:
     source = inspect.getsource(hookspecs)
     out = ["# Hook reference", "",
            "Generated from `relay/hookspecs.py` by `python -m relay.reference hooks`; do not edit.", "",
-           inspect.cleandoc(hookspecs.__doc__ or ""), ""]
+           rst_to_markdown(inspect.cleandoc(hookspecs.__doc__ or "")), ""]
     banners = [(m.start(), m.group("title")) for m in _BANNER.finditer(source)]
     specs = sorted((source.index(f"\ndef {name}("), name) for name in dir(hookspecs) if name.startswith("relay_"))
     for position, name in specs:
@@ -37,7 +65,7 @@ def hooks_markdown() -> str:
         out += [f"### `{name}{signature}`", "",
                 "*firstresult*: stops at the first non-`None` result." if first
                 else "*Collects* the results of every implementation.", "",
-                inspect.cleandoc(function.__doc__ or ""), ""]
+                rst_to_markdown(inspect.cleandoc(function.__doc__ or "")), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

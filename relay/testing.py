@@ -1,6 +1,6 @@
 """Test helpers for relay and its plugins: a pytest plugin (entry point ``pytest11``).
 
-Fixtures:
+Fixtures (everything else is a class or a function):
 
 ``relay_server``
     a relay on the embedded default, running under gunicorn's gevent worker on a free port.
@@ -9,10 +9,18 @@ Fixtures:
 ``relay_server_factory``
     ``relay_server_factory(config={...}, env={...}, workers=1)`` starts more; all are stopped
     after the test.
+``app`` and ``client``
+    in process, Flask style: ``create_app`` with a temporary ``data_dir`` (no gunicorn, no
+    gevent worker) and its ``test_client()``, for route-level checks.
 
-Helpers: :class:`RelayServer`, :class:`SSEClient` (a WHATWG-conformant ``text/event-stream``
-reader over real HTTP), :func:`follow` (reads like EventSource, reconnecting with
-``Last-Event-ID``), :func:`publish`, :func:`free_port`, :func:`wait_until`.
+The first three give a :class:`RelayServer`, whose methods do the work: ``server.publish(channel, event,
+data)`` (HTTP publish), ``server.sse(path)`` (an :class:`SSEClient`, a WHATWG-conformant
+``text/event-stream`` reader over real HTTP), ``server.health()``, ``server.log()``,
+``stop()``, ``restart()``, ``kill()``.
+
+Functions: :func:`follow` (reads like EventSource, reconnecting with ``Last-Event-ID``),
+:func:`publish` (the same as the method, given a base URL), :func:`free_port`,
+:func:`wait_until`, :func:`http_request`; :class:`TcpProxy` breaks connections on purpose.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -61,6 +70,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 
 def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
                  timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request: ``(status, headers, body)``, also for 4xx and 5xx answers."""
     request = urllib.request.Request(url, body, headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -83,6 +93,8 @@ def publish(base_url: str, channel: str, event: str, data: Any = None, id: str |
 
 @dataclass
 class SSEEvent:
+    """One dispatched event: ``event`` (``"message"`` when unnamed), ``data`` as text, ``id``."""
+
     event: str
     data: str
     id: str | None  # the last event id after this event, as a browser would keep it
@@ -240,6 +252,7 @@ class SSEClient:
         return alive
 
     def next_event(self, timeout: float | None = None) -> SSEEvent:
+        """The next event; fails when none comes within ``timeout`` or the stream ends."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         while not self._ready:
             remaining = deadline - time.monotonic()
@@ -250,10 +263,12 @@ class SSEClient:
         return self._ready.pop(0)
 
     def events(self, count: int, timeout: float | None = None) -> list[SSEEvent]:
+        """The next ``count`` events, all within ``timeout``; fails if they do not come."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         return [self.next_event(max(0.01, deadline - time.monotonic())) for _ in range(count)]
 
     def no_event_within(self, seconds: float) -> bool:
+        """True when no event arrives within ``seconds``."""
         deadline = time.monotonic() + seconds
         while not self._ready and time.monotonic() < deadline:
             if not self.read_some(max(0.01, deadline - time.monotonic())):
@@ -261,6 +276,7 @@ class SSEClient:
         return not self._ready
 
     def wait_closed(self, timeout: float = 10.0) -> bool:
+        """True once the server ends the stream, False if it is still open after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.read_some(max(0.01, deadline - time.monotonic())):
@@ -440,10 +456,12 @@ class RelayServer:
         raise RuntimeError(f"relay did not answer on {self.url} within {timeout}s:\n{self.log()}")
 
     def health(self) -> dict:
+        """``GET /healthz`` as a dict: ``status``, ``components`` (each with its ``state``), ``counters``."""
         status, _, body = http_request(f"{self.url}/healthz", timeout=5)
         return json.loads(body)
 
     def log(self) -> str:
+        """Everything gunicorn and the workers logged so far (stdout and stderr)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
@@ -464,18 +482,25 @@ class RelayServer:
             self.process.wait(10)
 
     def restart(self) -> RelayServer:
+        """Stop gracefully and start again on the same port and with the same data directory."""
         self.stop()
         return self.start()
 
     def sse(self, path: str, **kwargs: Any) -> SSEClient:
+        """Open a stream (``"/events/demo"``): an :class:`SSEClient`; use it in a ``with`` block.
+        ``kwargs`` go to :class:`SSEClient` (``headers={"Last-Event-ID": …}``, ``timeout``)."""
         return SSEClient(f"{self.url}{path}", **kwargs)
 
     def publish(self, channel: str, event: str, data: Any = None, id: str | None = None) -> dict:
+        """Publish over HTTP to this relay; the JSON answer (``{"id": …}``); fails unless 202."""
         return publish(self.url, channel, event, data, id)
 
 
 @pytest.fixture
 def relay_server_factory(tmp_path):
+    """Fixture: a function ``(config=None, env=None, workers=1, port=None)`` that starts a relay
+    (``config`` is written as TOML; ``env`` adds ``RELAY_*`` variables) and returns its
+    :class:`RelayServer` once every worker has started. All are stopped after the test."""
     servers: list[RelayServer] = []
 
     def start(config: dict | None = None, env: dict[str, str] | None = None, workers: int = 1,
@@ -491,6 +516,7 @@ def relay_server_factory(tmp_path):
 
 @pytest.fixture
 def relay_server(relay_server_factory) -> RelayServer:
+    """Fixture: a running relay with the default configuration, stopped after the test."""
     return relay_server_factory()
 
 
@@ -500,3 +526,24 @@ def shared_relay_server(tmp_path_factory) -> RelayServer:
     server = RelayServer(directory=tmp_path_factory.mktemp("relay")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    """An in-process relay app, Flask style: ``create_app`` with the embedded backbone and a
+    data directory under ``tmp_path``. ``RELAY_*`` environment variables are cleared first so
+    the test's configuration is the one used. Stopped at the end of the test."""
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            monkeypatch.delenv(name)
+    from relay.app import create_app
+
+    application = create_app({"data_dir": str(tmp_path / "data")})
+    yield application
+    application.extensions["relay"].stop()
+
+
+@pytest.fixture
+def client(app):
+    """Flask's ``test_client()`` for the in-process ``app``: route-level checks without gunicorn."""
+    return app.test_client()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.testing import SSEClient, follow, free_port, http_request, wait_until
-from test_restarts import SteadyPublisher
+from test_restarts import SteadyPublisher, sse_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,9 +86,11 @@ def test_clients_of_a_killed_instance_resume_on_the_other_without_gap(relay_serv
     readers = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(4)]
     for thread in readers:
         thread.start()
-    time.sleep(0.5)
+    # Barrier: publish only once all four streams are subscribed, on whichever workers of A and
+    # B nginx sent them to (a reader's first connection has no Last-Event-ID to resume from).
+    wait_until(lambda: sse_clients(a) + sse_clients(b) == 4, 10, message="the 4 readers to be subscribed")
     publisher.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(publisher.ids) >= 40, 30, message="40 events before the kill")
     a.kill()  # SIGKILL, arbiter and workers: its streams break mid-event
     for thread in readers:
         thread.join(70)

@@ -33,3 +33,10 @@ def test_plugin_guide_shows_the_example_files_as_they_are():
         assert f"```python\n# {path}\n{(example / path).read_text()}```" in guide, f"guide out of date: {path}"
     for path in ("relay_jsonl/sink.py", "relay_jsonl/source.py"):
         assert len((example / path).read_text().splitlines()) < 60
+
+
+def test_hook_reference_is_markdown_without_rst_roles():
+    page = hooks_markdown()
+    for rst in (":class:`", ":func:`", ":meth:`", ":data:`", ":param", ":return:", ":raises", "``"):
+        assert rst not in page, f"docs/hooks.md shows reStructuredText {rst!r}"
+    assert "**Parameters**\n\n- `url`: the `backbone` setting" in page

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -504,14 +506,52 @@ def test_heartbeats_and_requests_stay_on_time_while_the_consumer_is_busy(kafka_b
 
 # -- 2. configuration: security pass-through ---------------------------------------------------------
 
-def test_security_options_are_passed_to_kafka_python(kafka_broker, relay_server_factory):
-    # The test broker speaks plaintext: a client told to use SSL fails its handshake, which shows
-    # the [sources.kafka.security] table reached kafka-python.
-    topic = create_topic(kafka_broker, topic_name("ssl"))
-    server = relay_server_factory(kafka_config(kafka_broker, [topic], security={
-        "security_protocol": "SSL", "ssl_check_hostname": False}, consumer={"bootstrap_timeout_ms": 1500}))
-    wait_until(lambda: source_state(server).get("state") == "down", 20, message="the SSL client to fail")
-    assert "security settings" in source_state(server)["detail"]
+class FirstBytes:
+    """A TCP listener posing as a broker: records the first bytes of each connection, never answers."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.first: list[bytes] = []
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            connection.settimeout(5)
+            try:
+                self.first.append(connection.recv(5))
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "PLAINTEXT"])
+def test_security_options_are_passed_to_kafka_python(relay_server_factory, protocol):
+    # What the client sends first says which protocol kafka-python was given: a TLS ClientHello
+    # (record type 0x16, version 3.x) for SSL, a Kafka request (a 4-byte size) for PLAINTEXT.
+    broker = FirstBytes()
+    try:
+        server = relay_server_factory(kafka_config(broker.address, ["ssl"], security={
+            "security_protocol": protocol, "ssl_check_hostname": False}, consumer={"bootstrap_timeout_ms": 1500}))
+        wait_until(lambda: any(broker.first), 20, message="the client to send its first bytes")
+        first = next(b for b in broker.first if b)
+        is_tls = first[0] == 0x16 and first[1] == 0x03
+        assert is_tls == (protocol == "SSL"), f"{protocol} client sent {first!r} first"
+        wait_until(lambda: source_state(server).get("state") == "down", 20, message="the client to give up")
+        if protocol == "SSL":  # the handshake hangs: the detail names security settings as a cause
+            assert "security settings" in source_state(server)["detail"]
+    finally:
+        broker.close()
 
 
 def test_unknown_security_keys_stop_start_up_with_their_name(kafka_broker, relay_server_factory):

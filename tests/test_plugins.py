@@ -117,9 +117,12 @@ def test_disabled_plugin_is_not_loaded(relay_server_factory):
 
 
 def test_every_hookspec_is_prefixed_and_documented():
-    specs = [name for name in dir(hookspecs) if name.startswith("relay_")]
-    assert specs, "no hookspecs found"
+    # Every function pluggy takes as a hookspec (marked by @hookspec), whatever its name.
+    specs = [name for name, obj in vars(hookspecs).items()
+             if callable(obj) and hasattr(obj, "relay_spec")]
+    assert len(specs) >= 10, f"hookspecs not found: {specs}"
     for name in specs:
+        assert name.startswith("relay_"), f"hookspec {name} must start with relay_"
         doc = getattr(hookspecs, name).__doc__ or ""
         assert len(textwrap.dedent(doc).strip()) > 80, f"{name} needs a docstring a plugin author can work from"
 
@@ -162,9 +165,17 @@ def test_blocking_sink_is_interrupted_and_a_dying_source_is_restarted(relay_serv
         server.publish("p", "block", 1)          # returns once the blocking sink is cut off
         assert stream.next_event(2).event == "block"
     wait_until(lambda: sink.exists() and "block" in sink.read_text(), message="the good sink got the event")
-    with server.sse("/events/flaky", headers={"Last-Event-ID": "x"}) as stream:
-        runs = [e.json() for e in stream.events(3, 10) if e.event == "run"]
-    assert len(runs) >= 2 and runs == sorted(runs)  # restarted again and again, with backoff
+
+    def failures():
+        counts = server.health()["counters"].get("source_failures", [])
+        return sum(c["count"] for c in counts if c.get("source") == "flaky")
+
+    # Barrier on what the relay reports (two failures counted), not on how long the backoff takes.
+    # (the backoff itself is checked in tests/test_supervisor.py)
+    wait_until(lambda: failures() >= 2, 15, message="the flaky source to fail twice")
+    with server.sse("/events/flaky") as stream:   # and each new run is live again: it publishes
+        run = stream.next_event(10)
+    assert run.event == "run" and run.json() > 2
     health = server.health()
     source = health["components"]["source:flaky"]
     assert source["plugin"] == "misbehaving_plugin" and "lost the broker" in source["detail"]

@@ -13,6 +13,16 @@ def config(redis_server):
             "sinks": {"sse": {"retry": 200}}}
 
 
+def sse_clients(server) -> float:
+    """Streams subscribed on all of ``server``'s workers (the ``relay_sse_clients`` gauge, summed)."""
+    try:
+        text = http_request(f"{server.url}/metrics", timeout=2)[2].decode()
+    except OSError:
+        return 0
+    found = re.search(r"^relay_sse_clients (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0
+
+
 class SteadyPublisher(threading.Thread):
     """Publishes one event every ``interval`` through ``server`` until ``count`` are accepted."""
 
@@ -39,21 +49,37 @@ def test_reload_and_restart_during_a_steady_stream_lose_nothing(relay_server_fac
     restarts = []
 
     def restart_reader():
-        time.sleep(0.8)
+        # Restart points are counted in published events, not seconds: mid-stream on any machine.
+        wait_until(lambda: len(publisher.ids) >= 30, 30, message="30 events before the reload")
         reader.process.send_signal(signal.SIGHUP)  # gunicorn reload: new workers, old ones drain
         restarts.append("reload")
-        time.sleep(1.0)
+        wait_until(lambda: len(publisher.ids) >= 70, 30, message="70 events before the restart")
         reader.stop()  # SIGTERM: streams end with a retry hint; then the relay is down a while
         time.sleep(0.5)
         reader.start()
         restarts.append("restart")
 
+    events: list = []
+    failures: list = []
+
+    def read():
+        try:
+            events.extend(follow(f"{reader.url}/events/steady", 150, timeout=60))
+        except AssertionError as exc:
+            failures.append(exc)
+
+    following = threading.Thread(target=read, daemon=True)
+    following.start()
+    # Barrier: publish only once the reader's stream is subscribed (the first event has no
+    # Last-Event-ID to be replayed from, so one published earlier would be missed, not lost).
+    wait_until(lambda: sse_clients(reader) == 1, 10, message="the reader to be subscribed")
     publisher.start()
     restarter = threading.Thread(target=restart_reader, daemon=True)
     restarter.start()
-    events = follow(f"{reader.url}/events/steady", 150, timeout=60)
+    following.join(65)
     publisher.join(10)
     restarter.join(10)
+    assert not failures, failures[0]
     assert restarts == ["reload", "restart"]
     assert [e.id for e in events] == publisher.ids  # every event, once, in order
     assert [e.json() for e in events] == list(range(150))

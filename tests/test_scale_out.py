@@ -8,6 +8,7 @@ loses no webhook. Duplicates are allowed by the at-least-once contract: the test
 import json
 import threading
 import time
+from collections import Counter
 
 import pytest
 
@@ -107,7 +108,12 @@ def test_two_instances_four_workers_one_stream_and_no_webhook_lost(relay_server_
         assert ids.setdefault(r.id, r.verify()["data"]) == r.verify()["data"]
     print(f"\nscale-out: {EVENTS} events, {len(received)} webhook deliveries, {duplicates} duplicates "
           f"after SIGKILL of one of two instances")
-    assert duplicates <= EVENTS  # at-least-once: at most a re-delivery of what was uncommitted
+    # At-least-once, bounded: the shared store keeps one delivery per webhook-id, so what Kafka
+    # hands B again is not delivered again; only attempts in flight on A's two workers when it
+    # died (at most max_concurrency, 10, per endpoint per worker) can reach the receiver twice.
+    counts = Counter(numbers)
+    assert max(counts.values()) <= 2, f"delivered more than twice: {counts.most_common(3)}"
+    assert duplicates <= 2 * 10, f"{duplicates} duplicates: more than A's workers had in flight"
 
 
 def test_a_delivery_in_flight_on_a_killed_instance_is_finished_by_the_other(relay_server_factory, redis_server,

@@ -1,8 +1,8 @@
 """Point 4 with a durable broker source: the Kafka consumer group commits its position past an
 event only after the webhook sink has stored the delivery (``relay_deliver_durable``).
 
-Uses the Kafka test broker of tests/kafka_support.py (Tansu, from the test extras); skipped
-when it is not installed.
+Uses the Kafka test broker of tests/kafka_support.py (Tansu, from the test extras, which
+fails loudly when it is missing).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import re
 import time
 
 import pytest
+from kafka_support import create_topic, topic_name
 from redis_support import start_redis
 from webhook_support import Receiver, endpoint, webhook_config
 
 from relay.testing import free_port, wait_until
-
-kafka_support = pytest.importorskip("kafka_support")
-from kafka_support import create_topic, topic_name
 
 pytestmark = pytest.mark.timeout(120)
 FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 400, "max_poll_interval_ms": 20000,

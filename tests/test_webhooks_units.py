@@ -1,6 +1,7 @@
 """The webhook sink's parts on their own: signing (checked with ``standardwebhooks``), the SSRF
 policy, retry timing, configuration checks, and the two stores under the same contract,
-including the cross-process claim that makes deliveries exactly-once across workers."""
+including the cross-process claim that keeps one delivery per webhook across workers (delivery
+itself is at-least-once)."""
 
 from __future__ import annotations
 

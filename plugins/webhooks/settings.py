@@ -114,7 +114,7 @@ def _check_endpoints(endpoints: list[dict]) -> str | None:
 
 def config_endpoint_id(endpoint: dict[str, Any]) -> str:
     """A config endpoint's id: its ``id`` key, else derived from its URL (stable across restarts
-    and identical in every worker, which the exactly-once claim relies on)."""
+    and identical in every worker, which the one-delivery-per-webhook claim relies on)."""
     if endpoint.get("id"):
         return endpoint["id"]
     return "cfg_" + hashlib.sha256(endpoint["url"].encode()).hexdigest()[:16]

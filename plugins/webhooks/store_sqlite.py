@@ -1,8 +1,9 @@
 """The embedded store: one SQLite file shared by every worker of the host.
 
-WAL mode lets the workers read while one writes. The claim that makes a delivery exactly-once
-across workers is the primary key: ``INSERT OR IGNORE`` of the same webhook-id by four workers
-leaves one row, and ``UPDATE … WHERE next_attempt_at <= now`` lets exactly one of them take it.
+WAL mode lets the workers read while one writes. The claim that keeps one delivery per webhook
+across workers (at-least-once, not exactly-once: see docs/webhooks.md) is the primary key:
+``INSERT OR IGNORE`` of the same webhook-id by four workers leaves one row, and
+``UPDATE … WHERE next_attempt_at <= now`` lets exactly one of them take it.
 
 Every write that must survive a crash is committed before the method returns. sqlite3's calls
 block in C (a write-lock wait of up to ``busy_timeout``, an fsync), where gevent cannot switch:
