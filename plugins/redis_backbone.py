@@ -41,6 +41,7 @@ from relay import Event, Source, hookimpl
 from relay.backbone import Backbone, BackboneUnavailable, MemoryBackbone, Replay
 from relay.config import Option, Section
 from relay.event import InvalidEvent
+from relay.sse import MISSED_EVENT
 
 SECTION = "backbones.redis"
 STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
@@ -119,7 +120,6 @@ return lost
 """
 
 RESTARTS_KEPT = 100  # restarts remembered: a resume from before older ones is not checked
-MISSED_EVENT = "relay-missed"  # what the SSE sink sends first when a resume cannot replay everything
 
 
 def stream_key(prefix: str, channel: str) -> str:

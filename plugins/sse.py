@@ -30,10 +30,9 @@ from relay.backbone import Replay
 from relay.config import ConfigError, Option, Section, check_networks
 from relay.event import InvalidEvent, check_name
 from relay.metrics import DELIVERY_LATENCY
-from relay.sse import encode_comment, encode_event, encode_retry
+from relay.sse import MISSED_EVENT, encode_comment, encode_event, encode_retry
 
 SECTION = "sinks.sse"
-MISSED_EVENT = "relay-missed"
 MAX_LAST_EVENT_ID = 256
 HEARTBEAT = encode_comment("heartbeat")
 
@@ -76,13 +75,14 @@ class Client:
     """
 
     __slots__ = ("pending", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
-                 "_timer", "_hub", "presence", "__weakref__")
+                 "_timer", "_hub", "presence", "address", "__weakref__")
 
-    def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None):
+    def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None, address: str = ""):
         self.pending: list = []  # events not written yet, oldest first
         self.limit = queue_size
         self.channels = channels
         self.sock = sock
+        self.address = address  # the client's address, for max_connections_per_address
         self.closed: str | None = None  # why: "slow", "left", "shutdown"
         self._watcher = None
         self._waiter: Waiter | None = None  # set while the stream waits for events
@@ -181,10 +181,16 @@ class Hub:
         # relay-presence events, by channel; kept as streams open and close (never a scan).
         self.counts: dict[str, int] = {}
         self.watchers: dict[str, set[Client]] = {}
+        self.by_address: dict[str, int] = {}  # open streams per client address, for its limit
         self.presence_frames = None  # set by the presence plugin: client -> its first relay-presence frames
 
     def _count(self, client: Client, step: int) -> None:
-        """Add (``step`` 1) or remove (-1) ``client`` in ``counts`` and ``watchers``."""
+        """Add (``step`` 1) or remove (-1) ``client`` in ``counts``, ``watchers`` and ``by_address``."""
+        streams = self.by_address.get(client.address, 0) + step
+        if streams > 0:
+            self.by_address[client.address] = streams
+        else:
+            self.by_address.pop(client.address, None)
         counts, watchers = self.counts, self.watchers
         for channel in client.channels:
             left = counts.get(channel, 0) + step
@@ -413,28 +419,6 @@ class ClientAddress:
         return any(ip in network for network in self.trusted)
 
 
-class CountedStream:
-    """A stream as gunicorn sees it: iterating it is iterating the generator itself (no extra
-    step per write); closing it, which gunicorn does whenever the response ends, also calls
-    ``release`` once (werkzeug's close callbacks are bypassed by ``direct_passthrough``)."""
-
-    __slots__ = ("release", "stream")
-
-    def __init__(self, stream, release):
-        self.stream, self.release = stream, release
-
-    def __iter__(self):
-        return self.stream
-
-    def close(self) -> None:
-        try:
-            self.stream.close()
-        finally:
-            release, self.release = self.release, None
-            if release is not None:
-                release()
-
-
 def _refuse(relay, status: int, error: str, message: str, retry_after: int):
     relay.stats.incr("sse_refused", reason=error)
     log.warning("refused a stream: %s", message)
@@ -452,12 +436,6 @@ def relay_init_app(app, relay):
     limit = stream_limit(hub.settings)
     per_address = hub.settings["max_connections_per_address"]
     client_address = ClientAddress(hub.settings["trusted_proxies"])
-    streams_from: dict[str, int] = {}  # open streams per client address, in this worker
-
-    def release(address: str) -> None:
-        left = streams_from.pop(address, 1) - 1
-        if left > 0:
-            streams_from[address] = left
 
     def open_stream(channels: list[str]):
         if not channels:
@@ -478,7 +456,9 @@ def relay_init_app(app, relay):
             return _refuse(relay, 503, "too_many_connections", f"this worker holds {limit} streams, its limit "
                            f"({SECTION}.max_connections); retry later", retry_after)
         address = client_address(request)
-        if per_address and streams_from.get(address, 0) >= per_address:
+        # Counted by the hub as the stream starts, with no switch of greenlet between this check
+        # and that count (like the total just above), so a burst cannot slip past either limit.
+        if per_address and hub.by_address.get(address, 0) >= per_address:
             return _refuse(relay, 429, "too_many_connections_from_address",
                            f"{address} already holds {per_address} streams on this worker, the limit per "
                            f"client address ({SECTION}.max_connections_per_address); close one or retry later",
@@ -489,14 +469,12 @@ def relay_init_app(app, relay):
                           else "presence=1: the presence plugin is not loaded")
         last_event_id = hub.last_event_id(request)
         client = Client(list(dict.fromkeys(channels)), hub.settings["queue_size"],
-                        request.environ.get("gunicorn.socket"))
+                        request.environ.get("gunicorn.socket"), address)
         if presence == "1":
             client.presence = {}
         # direct_passthrough: the generator's bytes go to gunicorn as they are, without werkzeug's
         # encoding and closing wrappers (two calls per write, and stack every idle stream keeps).
-        streams_from[address] = streams_from.get(address, 0) + 1
-        stream = CountedStream(hub.stream(client, last_event_id), lambda: release(address))
-        response = Response(stream, content_type="text/event-stream; charset=utf-8", direct_passthrough=True)
+        response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8", direct_passthrough=True)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         response.headers["X-Relay-Worker"] = str(os.getpid())  # which worker serves it, for operators

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+from urllib.parse import unquote_to_bytes
 from typing import Any, Mapping
 
 import gevent
@@ -81,8 +82,6 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
     def refuse_urls_that_are_not_utf8():
         # Werkzeug decodes the path and query with U+FFFD for bytes that are not UTF-8, so
         # /events/%FF and /events/%FE would both name the channel "\ufffd": refuse them instead.
-        from urllib.parse import unquote_to_bytes
-
         try:  # WSGI gives both as latin-1 text of the bytes received
             request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
             unquote_to_bytes(request.environ.get("QUERY_STRING", "").encode("latin-1")).decode("utf-8")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+MISSED_EVENT = "relay-missed"  # sent first when a resume cannot replay everything: refetch your state
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 

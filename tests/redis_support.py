@@ -25,11 +25,14 @@ EXTERNAL_URL = os.environ.get("REDIS_URL")
 
 
 class RedisServer:
-    """A ``redis-server`` of our own, in a temporary directory, without persistence."""
+    """A ``redis-server`` of our own, in a temporary directory, without persistence unless
+    ``persistence`` gives other options (e.g. ``("--appendonly", "yes", "--appendfsync", "always")``)."""
 
     controllable = True
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None,
+                 persistence: tuple[str, ...] = ("--appendonly", "no")):
+        self.persistence = persistence
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -42,7 +45,7 @@ class RedisServer:
             pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run does), "
                         "or set REDIS_URL to use an external Redis", pytrace=False)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self.persistence,
              "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -53,7 +56,7 @@ class RedisServer:
                 with redis.Redis.from_url(self.url, socket_timeout=1) as client:
                     if client.ping():
                         return self
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):  # BusyLoading: reading its AOF
                 time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")

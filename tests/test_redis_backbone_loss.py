@@ -14,15 +14,11 @@ And one restart that loses nothing (``appendonly yes`` + ``appendfsync always``)
 be reported.
 """
 
-import shutil
-import subprocess
-import time
 import uuid
 
 import pytest
-import redis
 
-from redis_support import EXTERNAL_URL, RedisServer, require_own_server
+from redis_support import RedisServer, require_own_server
 from relay.testing import wait_until
 
 LOST_LOG = "Redis lost events it had acknowledged"
@@ -114,32 +110,13 @@ def test_partial_loss_is_told_to_resumes_from_after_and_from_before_it(relay_ser
         assert [e.json() for e in from_memory.events(7, 10)] == [2, 3, 4, 5, 6, 7, 8]
 
 
-class AofRedisServer(RedisServer):
-    """A redis-server with ``appendonly yes`` and ``appendfsync always``: what was acknowledged
-    is on disk and survives SIGKILL."""
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"redis-server exited: {self.log()}"
-            try:
-                with redis.Redis.from_url(self.url, socket_timeout=1) as client:
-                    if client.ping():
-                        return self
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+# What was acknowledged is on disk and survives SIGKILL.
+DURABLE = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def test_a_restart_that_lost_nothing_is_not_reported(relay_server_factory, tmp_path):
-    if EXTERNAL_URL or shutil.which("redis-server") is None:
-        pytest.skip("this test starts its own redis-server")
-    server = AofRedisServer(tmp_path / "aof").start()
+    # Its own redis-server whatever REDIS_URL says: it kills and restarts it.
+    server = RedisServer(tmp_path / "aof", persistence=DURABLE).start()
     try:
         config = backbone_config(server.url)
         old = relay_server_factory(config)
