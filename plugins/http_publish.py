@@ -20,10 +20,18 @@ from collections import OrderedDict
 
 from flask import Blueprint, jsonify, request
 
-from relay import hookimpl
-from relay.backbone import BackboneUnavailable
-from relay.config import Option, Section
-from relay.event import MAX_DEPTH, Event, InvalidEvent, InvalidJSON, check_name, loads_json
+from relay.api import (
+    BackboneUnavailable,
+    BadMessage,
+    Event,
+    InvalidEvent,
+    Option,
+    Section,
+    check_name,
+    event_rejected,
+    hookimpl,
+    parse_object,
+)
 
 FIELDS = ("event", "data", "id")
 log = logging.getLogger("relay.publish")
@@ -76,7 +84,7 @@ def relay_init_app(app, relay):
 
     def refuse(status: int, error: str, message: str, reason: str):
         """Answer a refused publish: counted, logged with why (never with the body), and JSON."""
-        relay.stats.incr("rejected", source="http", reason=reason)
+        event_rejected.send(relay, source="http", reason=reason, error=message)  # counted; logged below
         channel = request.view_args.get("channel", "") if request.view_args else ""
         address = request.remote_addr or "-"
         # INFO, not WARNING: a client's mistake, not relay's. The message names the field; the
@@ -111,21 +119,11 @@ def relay_init_app(app, relay):
         except UnicodeDecodeError as exc:
             return refuse(400, "invalid_body", f"the body is not UTF-8: {exc}", "not_utf8")
         try:
-            message = loads_json(text, MAX_DEPTH + 1)  # the body object is one level above data
-        except InvalidJSON as exc:
-            if exc.reason == "too_deep":
-                return refuse(400, "invalid_json", f"the body: nesting is deeper than {MAX_DEPTH} levels "
-                              "(the limit for data)", exc.reason)
-            return refuse(400, "invalid_json", f"the body: {exc}", exc.reason)
-        if not isinstance(message, dict):
-            return refuse(422, "invalid_event", f"the body must be a JSON object, got {type(message).__name__}",
-                          "wrong_shape")
-        unknown = sorted(set(message) - set(FIELDS))
-        if unknown:
-            return refuse(422, "invalid_event", f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}",
-                          "wrong_shape")
-        if "event" not in message:
-            return refuse(422, "invalid_event", "event: is required (the SSE event name)", "wrong_shape")
+            message = parse_object(text, FIELDS, "the body")  # the parser of broker envelopes too
+        except BadMessage as exc:  # not JSON or too deep: 400; JSON of the wrong shape: 422
+            if exc.reason == "wrong_shape":
+                return refuse(422, "invalid_event", exc.detail, exc.reason)
+            return refuse(400, "invalid_json", exc.detail, exc.reason)
         try:
             check_name("channel", channel)
             event = Event(channel, message["event"], message.get("data"), id=message.get("id"), source="http")

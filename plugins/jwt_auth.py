@@ -18,16 +18,13 @@ Services, which send no ``Origin``, put the token in ``Authorization: Bearer`` i
 from __future__ import annotations
 
 import ipaddress
-import os
 import urllib.parse
 from pathlib import Path
 
 import jwt
 from flask import Request
 
-from relay import hookimpl
-from relay.auth import Decision, matches
-from relay.config import ConfigError, Option, Section
+from relay.api import ConfigError, Decision, Option, Section, hookimpl, matches
 
 SECTION = "auth"
 MIN_HS_KEY_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash output
@@ -180,7 +177,7 @@ def relay_init_app(app, relay):
     if settings["jwt_key"] and settings["jwt_public_key"]:
         raise ConfigError(["auth.jwt_public_key: set either jwt_key (HS256) or jwt_public_key (RS256), not both"])
     keyed = bool(settings["jwt_key"] or settings["jwt_public_key"])
-    binds = [b for b in os.environ.get("RELAY_BIND", "").split(",") if b]
+    binds = relay.config.section("server")["bind"]  # under gunicorn, what it listens on (its -b wins)
     exposed = [b for b in binds if not _is_loopback(b)]
     if exposed and not keyed and not settings["allow_anonymous_publish"]:
         raise ConfigError([f"auth: relay would listen on {', '.join(exposed)} with publishing open to anyone; "

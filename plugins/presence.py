@@ -46,10 +46,7 @@ import uuid
 import redis
 from flask import Blueprint, jsonify, request
 
-from relay import Source, hookimpl
-from relay.config import Option, Section
-from relay.event import InvalidEvent, check_name
-from relay.sse import encode_event
+from relay.api import InvalidEvent, Option, Section, Source, check_name, encode_event, hookimpl
 
 SECTION = "presence"
 PRESENCE_EVENT = "relay-presence"

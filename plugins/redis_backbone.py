@@ -30,22 +30,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
 
-import gevent
 import redis
 
-from relay import Event, Source, hookimpl
-from relay.backbone import Backbone, BackboneUnavailable, MemoryBackbone, Replay
-from relay.config import Option, Section
-from relay.event import InvalidEvent
-from relay.sse import MISSED_EVENT
+from plugins.redis_common import CONNECTION_ERRORS, keep_connected, make_connection, make_pool, read_subscribed
+from relay.api import (
+    MISSED_EVENT, REDIS_URL_SCHEMES, Backbone, BackboneUnavailable, Event, InvalidEvent, MemoryBackbone, Option,
+    Replay, Section, Source, event_rejected, hookimpl, parse_stream_id,
+)
 
 SECTION = "backbones.redis"
-STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
-CONNECTION_ERRORS = (redis.RedisError, OSError)
+RECONNECT_MIN, RECONNECT_MAX = 0.5, 30.0  # seconds: the subscription's capped exponential reconnect delay
 
 log = logging.getLogger("relay.backbone.redis")
 
@@ -126,11 +123,6 @@ def stream_key(prefix: str, channel: str) -> str:
     return f"{prefix}stream:{channel}"
 
 
-def id_key(event_id: str) -> tuple[int, int]:
-    ms, seq = STREAM_ID.match(event_id).groups()
-    return int(ms), int(seq)
-
-
 def encode(event: Event) -> str:
     return json.dumps({"channel": event.channel, "event": event.event, "data": event.data,
                        "source": event.source, "timestamp": event.timestamp},
@@ -159,7 +151,7 @@ def relay_config_sections():
 
 @hookimpl
 def relay_backbone(relay, url):
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(REDIS_URL_SCHEMES):
         return None
     return RedisBackbone(relay, url, relay.config.section(SECTION))
 
@@ -183,12 +175,10 @@ class RedisBackbone(Backbone):
     # Connections are made on first use, in the worker (after fork), never at import.
     def client(self) -> redis.Redis:
         if self._pool is None:
-            options = redis.connection.parse_url(self.url)
-            options.update(protocol=2, socket_connect_timeout=self.settings["connect_timeout"],
-                           socket_timeout=self.settings["connect_timeout"] + 5, socket_keepalive=True,
-                           client_name=f"relay-backbone-{os.getpid()}", max_connections=4,
-                           timeout=self.settings["connect_timeout"])
-            self._pool = redis.BlockingConnectionPool(**options)
+            # Commands from request greenlets, which no reconnect loop watches: redis-py retries them.
+            timeout = self.settings["connect_timeout"]
+            self._pool = make_pool(self.url, f"relay-backbone-{os.getpid()}", connect_timeout=timeout,
+                                   read_timeout=timeout + 5, max_connections=4, wait=timeout, redis_retries=True)
         return redis.Redis(connection_pool=self._pool)
 
     def publish(self, event: Event, broadcast: bool = False) -> Event:
@@ -224,22 +214,23 @@ class RedisBackbone(Backbone):
 
     def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
         replay = self.memory.replay(channels, last_event_id, limit)
-        if replay is not None and self.lost_up_to and STREAM_ID.match(last_event_id) \
-                and id_key(last_event_id) <= self.lost_up_to:
+        key = parse_stream_id(last_event_id)
+        if replay is not None and self.lost_up_to and key is not None and key <= self.lost_up_to:
             return Replay(replay.events, complete=False, reason="lost")
         return replay
 
     def replay_stored(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
-        if not STREAM_ID.match(last_event_id):
+        after = parse_stream_id(last_event_id)
+        if after is None:
             return None
         try:
-            return self._replay_from_streams(channels, last_event_id, limit)
+            return self._replay_from_streams(channels, last_event_id, after, limit)
         except CONNECTION_ERRORS as exc:
             log.warning("cannot replay from the redis backbone: %s", exc)
             return Replay([], complete=False, reason="unavailable")
 
-    def _replay_from_streams(self, channels, last_event_id, limit) -> Replay:
-        client, after = self.client(), id_key(last_event_id)
+    def _replay_from_streams(self, channels, last_event_id, after, limit) -> Replay:
+        client = self.client()
         # Asked first: a restart of Redis is recorded before the streams are read. Ids given after
         # a restart are above every id given before it, so XRANGE finds the new events either way.
         lost = self.lost_after(after)
@@ -255,9 +246,9 @@ class RedisBackbone(Backbone):
             # Trimming drops the oldest entries. When some were dropped and the oldest left is
             # newer than the client's id, entries after that id may be gone (say so, to be safe).
             first = info.get("first-entry")
-            if info["entries-added"] > info["length"] and first and id_key(first[0].decode()) > after:
+            if info["entries-added"] > info["length"] and first and parse_stream_id(first[0].decode()) > after:
                 complete = False
-        events.sort(key=lambda e: id_key(e.id))
+        events.sort(key=lambda e: parse_stream_id(e.id))
         if len(events) > limit:
             events, complete = events[-limit:], False
         if lost:
@@ -283,57 +274,51 @@ class StreamReader(Source):
         self.connection: redis.Connection | None = None
 
     def run(self, relay) -> None:
-        settings = self.backbone.settings
-        options = redis.connection.parse_url(self.backbone.url)
-        options.update(protocol=2, socket_connect_timeout=settings["connect_timeout"],
-                       socket_timeout=settings["health_interval"] * 2, socket_keepalive=True,
-                       client_name=f"relay-backbone-sub-{os.getpid()}")
-        connection_class = options.pop("connection_class", redis.Connection)
-        self.connection = connection_class(**options)
-        try:
-            self.connection.connect()
-            self.connection.send_command("SUBSCRIBE", self.backbone.notify_channel)
-            self._serve(relay, settings["health_interval"])
-        except CONNECTION_ERRORS as exc:
-            if not self.stopping.is_set():
-                raise ConnectionError(f"redis backbone subscription lost: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self.connection.disconnect()
+        """Keep the subscription up until stopped (see :func:`plugins.redis_common.keep_connected`)."""
+        keep_connected(name="backbone", log=log, stopping=self.stopping, connect=self._subscribe,
+                       serve=lambda: self._serve(relay), close=self._close, is_up=lambda: self.status == "up",
+                       failed=lambda exc: self._lost(relay, exc),
+                       reconnect_min=RECONNECT_MIN, reconnect_max=RECONNECT_MAX)
 
-    def _serve(self, relay, interval: float) -> None:
-        conn, last_heard, ping_sent, in_a_row = self.connection, time.monotonic(), None, 0
-        while not self.stopping.is_set():
-            if conn.can_read(timeout=min(1.0, interval / 2)):  # may return early under gevent
-                reply = conn.read_response()
-                last_heard, ping_sent = time.monotonic(), None
-                if isinstance(reply, list) and reply[0] == b"subscribe":
-                    self._catch_up(relay)  # subscribed first, so nothing falls in between
-                    self.set_status("up", self.backbone.notify_channel)
-                elif isinstance(reply, list) and reply[0] == b"message":
-                    self._hear(relay, reply[2])
-                in_a_row += 1
-                if in_a_row >= 100:  # let the SSE writers run during a burst
-                    in_a_row = 0
-                    gevent.sleep(0)
-                continue
-            in_a_row = 0
-            now = time.monotonic()
-            if ping_sent is not None and now - ping_sent > interval:
-                raise ConnectionError(f"no answer to PING within {interval:g}s")
-            if ping_sent is None and now - last_heard >= interval:
-                conn.send_command("PING")
-                ping_sent = now
+    def _subscribe(self) -> None:
+        settings = self.backbone.settings
+        self.connection = make_connection(self.backbone.url, f"relay-backbone-sub-{os.getpid()}",
+                                          connect_timeout=settings["connect_timeout"],
+                                          read_timeout=settings["health_interval"] * 2)
+        self.connection.connect()
+        self.connection.send_command("SUBSCRIBE", self.backbone.notify_channel)
+
+    def _serve(self, relay) -> None:
+        def handle(reply) -> None:
+            if isinstance(reply, list) and reply[0] == b"subscribe":
+                self._catch_up(relay)  # subscribed first, so nothing falls in between
+                self.set_status("up", self.backbone.notify_channel)
+            elif isinstance(reply, list) and reply[0] == b"message":
+                self._hear(relay, reply[2])
+
+        read_subscribed(self.connection, self.stopping, self.backbone.settings["health_interval"], handle)
+
+    def _close(self) -> None:
+        if self.connection is not None:
+            self.connection.disconnect()
+            self.connection = None
+
+    def _lost(self, relay, exc: BaseException) -> None:
+        relay.stats.incr("source_failures", source=self.name)
+        self.set_status("down", f"redis backbone subscription lost: {type(exc).__name__}: {exc}")
 
     def _hear(self, relay, payload: bytes) -> None:
         event_id, _, body = payload.decode("utf-8", "replace").partition("\n")
         try:
             self._deliver(relay, decode(event_id, body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not written by a relay
-            relay.stats.incr("rejected", source="backbone", reason="bad_announcement")
-            log.warning("ignored a malformed announcement on %s: %s", self.backbone.notify_channel, exc)
+            event_rejected.send(relay, source="backbone", reason="bad_announcement", error=str(exc),
+                                where=f"announcement channel {self.backbone.notify_channel}", payload=payload[:200])
 
     def _deliver(self, relay, event: Event) -> None:
-        key = id_key(event.id)
+        key = parse_stream_id(event.id)
+        if key is None:
+            raise ValueError(f"{event.id!r} is not a stream entry id")
         if self.last_ids.get(event.channel, (-1, -1)) >= key:
             return  # already delivered (heard during catch-up)
         self.last_ids[event.channel] = key

@@ -24,22 +24,17 @@ import gevent
 from flask import Blueprint, Response, jsonify, request
 from gevent.hub import Waiter, get_hub
 
-from relay import hookimpl
-from relay.app import close_connection_after
-from relay.backbone import Replay
-from relay.config import ConfigError, Option, Section, check_networks
-from relay.event import InvalidEvent, check_name
-from relay.metrics import DELIVERY_LATENCY
-from relay.sse import MISSED_EVENT, encode_comment, encode_event, encode_retry
+from relay.api import (
+    MAX_CURSOR_LENGTH, MISSED_EVENT, ConfigError, InvalidEvent, Option, Replay, Section, check_name, check_networks,
+    client_connected, client_disconnected, close_connection_after, encode_comment, encode_event, encode_retry,
+    hookimpl,
+)
 
 SECTION = "sinks.sse"
-MAX_LAST_EVENT_ID = 256
+MAX_LAST_EVENT_ID = MAX_CURSOR_LENGTH  # the longest id relay gives (a Kafka cursor)
 HEARTBEAT = encode_comment("heartbeat")
 
 log = logging.getLogger("relay.sse")
-
-
-DEFAULT_WORKER_CONNECTIONS = 10100  # relay.gunicorn_config's: 10,000 streams and 100 reserved
 
 
 @hookimpl
@@ -210,8 +205,8 @@ class Hub:
     def stream(self, client: Client, last_event_id: str | None):
         relay, bus = self.relay, self.relay.bus
         self.clients.add(client)
-        relay.stats.set("sse_clients", len(self.clients))
         self._count(client, 1)
+        client_connected.send(relay, channels=client.channels, address=client.address, clients=len(self.clients))
         try:
             # Subscribe before reading the history, so nothing falls between the two.
             for channel in client.channels:
@@ -222,6 +217,7 @@ class Hub:
             else:
                 yield self.retry_frame
             replayed: set[str] = set()
+            follow = None
             if last_event_id is not None:
                 replay = self._replay(client, last_event_id)
                 head = []
@@ -232,22 +228,20 @@ class Hub:
                         {"last_event_id": last_event_id[:MAX_LAST_EVENT_ID], "reason": replay.reason,
                          "channels": client.channels}, separators=(",", ":")), MISSED_EVENT))
                 head.append(self._frames(replay.events))  # skips any that cannot be framed
-                replayed = {(event.channel, event.id) for event in replay.events}  # ids are per channel
+                replayed = {(event.channel, event.sse_id) for event in replay.events}  # ids are per channel
+                follow = replay.follow
                 if any(head):
                     yield b"".join(head)
-            yield from self._live(client, replayed)
+            yield from self._live(client, replayed, follow)
         finally:
             bus.unsubscribe(client.offer)
             client.stop_watching()
             self._count(client, -1)
             self.clients.discard(client)
-            relay.stats.set("sse_clients", len(self.clients))
-            if client.closed == "slow":
-                relay.stats.incr("sse_disconnected_slow")
-                log.info("disconnected a client that fell %d events behind on %s",
-                         self.settings["queue_size"], ",".join(client.channels))
+            client_disconnected.send(relay, channels=client.channels, address=client.address,
+                                     reason=client.closed or "", clients=len(self.clients))
 
-    def _live(self, client: Client, replayed: set[str]):
+    def _live(self, client: Client, replayed: set[str], follow=None):
         heartbeat = self.settings["heartbeat"]
         while True:
             if not client.wait(heartbeat):
@@ -266,13 +260,20 @@ class Hub:
                 kept, overlap = [], True
                 for event in events:
                     if overlap and event.id is not None:
-                        if (event.channel, event.id) in replayed:
+                        if (event.channel, event.sse_id) in replayed:
                             continue
                         overlap = False
                     kept.append(event)
                 events = kept
                 if not overlap:
                     replayed = set()  # live events are in order: no more overlap
+                if not events:
+                    continue
+            if follow is not None:
+                # A source's replay asked to see what follows it (see relay.backbone.Replay).
+                events = [e for e in map(follow, events) if e is not None]
+                if getattr(follow, "done", False):
+                    follow = None
                 if not events:
                     continue
             try:
@@ -286,13 +287,13 @@ class Hub:
     def _replay(self, client: Client, last_event_id: str) -> Replay:
         """What a client resuming after ``last_event_id`` missed; never raises.
 
-        The id is untrusted input: one that relay can never have given (over 256 characters, CR,
+        The id is untrusted input: one that relay can never have given (over 1024 characters, CR,
         LF or NUL, text that is not UTF-8) is never looked up and counts as unknown, so the client
         gets ``relay-missed`` and goes live; an EventSource answered with an error instead would
         stop reconnecting for good.
         """
         try:
-            check_name("Last-Event-ID", last_event_id)
+            check_name("Last-Event-ID", last_event_id, limit=MAX_LAST_EVENT_ID)
         except InvalidEvent:
             return Replay([], complete=False, reason="unknown-id")
         try:
@@ -342,14 +343,13 @@ class Hub:
             pass  # a server that did not follow WSGI and decoded it already
         return value or None
 
-    @staticmethod
-    def _sample_latency(client: Client, event) -> None:
+    def _sample_latency(self, client: Client, event) -> None:
         # One observation per client per second keeps the histogram off the hot path.
         now = time.time()
         if now >= client.next_sample:
             client.next_sample = now + 1.0
             try:
-                DELIVERY_LATENCY.observe(max(0.0, now - event.timestamp))
+                self.relay.stats.observe("delivery_latency", max(0.0, now - event.timestamp))
             except TypeError:
                 pass  # a plugin replaced the timestamp with something that is not a number
 
@@ -362,20 +362,17 @@ def _error(status: int, message: str):
     return jsonify({"error": "invalid_request", "message": message}), status
 
 
-def stream_limit(settings: dict) -> int:
+def stream_limit(settings: dict, total: int) -> int:
     """The most streams one worker may hold.
 
     gunicorn's gevent worker stops accepting connections once it holds ``worker_connections``
-    (``RELAY_WORKER_CONNECTIONS``, which gunicorn's on_starting sets from its own setting): if
+    (``server.worker_connections``, ``RELAY_WORKER_CONNECTIONS``; under gunicorn its own value): if
     streams could take them all, ``/healthz``, ``/metrics`` and publishing would hang. So
     ``reserved_connections`` stay free of streams; ``max_connections`` defaults to the rest.
 
     :raises ConfigError: naming the key, when the settings would let streams take every connection.
     """
-    text = os.environ.get("RELAY_WORKER_CONNECTIONS") or str(DEFAULT_WORKER_CONNECTIONS)
-    if not text.isdigit():
-        raise ConfigError([f"RELAY_WORKER_CONNECTIONS: {text!r} is not a whole number"])
-    total, reserved, wanted = int(text), settings["reserved_connections"], settings["max_connections"]
+    reserved, wanted = settings["reserved_connections"], settings["max_connections"]
     room = total - reserved
     if room < 1:
         raise ConfigError([f"{SECTION}.reserved_connections: {reserved} leaves no room for streams in a worker's "
@@ -433,7 +430,7 @@ def _refuse(relay, status: int, error: str, message: str, retry_after: int):
 def relay_init_app(app, relay):
     hub = relay.extensions["sse"] = Hub(relay, relay.config.section(SECTION))
     blueprint = Blueprint("sse", __name__)
-    limit = stream_limit(hub.settings)
+    limit = stream_limit(hub.settings, relay.config.section("server")["worker_connections"])
     per_address = hub.settings["max_connections_per_address"]
     client_address = ClientAddress(hub.settings["trusted_proxies"])
 

@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.wsgi import get_content_length
 
+from relay import signals
 from relay.logs import configure_relay_logger, log_refused_body
 from relay.metrics import exposition
 from relay.config import CORE_SECTIONS, Config, ConfigError, load_config, raw_config
@@ -20,20 +21,26 @@ from relay.plugins import get_plugin_manager
 from relay.runtime import Relay
 
 
-def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> Flask:
+def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None, *,
+               server: Mapping[str, Any] | None = None) -> Flask:
     """Build a relay app.
 
     :param config: a dict of configuration tables, or the path of a TOML file. By default the
         file named by ``RELAY_CONFIG``, or nothing: the embedded in-memory relay.
-        ``RELAY_*`` environment variables override either.
+        ``RELAY_*`` environment variables override a file; a dict wins over them (Flask's test
+        config), and they fill only the keys it does not set.
+    :param server: the ``[server]`` values (``bind``, ``workers``, ``worker_connections``,
+        ``graceful_timeout``) the server actually runs with; they replace the configured ones.
+        relay.wsgi_app passes gunicorn's (see relay.gunicorn_config.post_fork).
     :raises ConfigError: naming every bad key; the app is not built.
     """
     raw, source = raw_config(config)
-    pm = get_plugin_manager(_early_list(raw, "plugins"), _early_list(raw, "disable_plugins"))
+    explicit = isinstance(config, Mapping)  # a dict wins over RELAY_* variables; a file does not
+    pm = get_plugin_manager(_early_list(raw, "plugins", explicit), _early_list(raw, "disable_plugins", explicit))
     sections = list(CORE_SECTIONS)
     for declared in pm.hook.relay_config_sections():
         sections.extend(declared or [])
-    settings = load_config(raw, sections, source)
+    settings = load_config(raw, sections, source, explicit=explicit, server=server)
     _check_workers(settings)
     _configure_logging(settings)
 
@@ -95,19 +102,20 @@ def create_app(config: Mapping[str, Any] | str | os.PathLike | None = None) -> F
 
 
 def _check_workers(settings: Config) -> None:
-    # RELAY_WORKERS is set by gunicorn.conf.py from gunicorn's own worker count.
-    workers = os.environ.get("RELAY_WORKERS", "1")
-    if settings.section("")["backbone"] == "memory" and workers.isdigit() and int(workers) > 1:
+    # Under gunicorn, server.workers is gunicorn's own worker count (create_app's ``server``).
+    workers = settings.section("server")["workers"]
+    if settings.section("")["backbone"] == "memory" and workers > 1:
         raise ConfigError([f"backbone: 'memory' serves a single worker, and {workers} workers are configured; "
                            "events published to one would never reach the others' clients. Configure "
                            "backbone = 'redis://host:port/db' (RELAY_BACKBONE) or run one worker"])
 
 
-def _early_list(raw: Mapping[str, Any], key: str) -> list[str]:
+def _early_list(raw: Mapping[str, Any], key: str, explicit: bool = False) -> list[str]:
     # Which plugins to load is needed before the schema exists (plugins declare their own
-    # sections); load_config validates the same keys properly afterwards.
+    # sections); load_config validates the same keys properly afterwards, with the same
+    # precedence (a create_app dict's key wins over the variable, the variable over a file's).
     env = os.environ.get(f"RELAY_{key.upper()}")
-    if env is not None:
+    if env is not None and not (explicit and key in raw):
         return [name.strip() for name in env.split(",") if name.strip()]
     value = raw.get(key, [])
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
@@ -229,11 +237,11 @@ def _init_errors(app: Flask) -> None:
     def json_error(exc: HTTPException):
         body = {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
         if exc.code == 413:
-            app.extensions["relay"].stats.incr("rejected", source="http", reason="too_large")
+            signals.event_rejected.send(app.extensions["relay"], source="http", reason="too_large")
             limit = app.config["MAX_CONTENT_LENGTH"]
             body["message"] = f"the body is larger than max_body_size ({limit} bytes)"
         if exc.code == 408:
-            app.extensions["relay"].stats.incr("rejected", source="http", reason="body_timeout")
+            signals.event_rejected.send(app.extensions["relay"], source="http", reason="body_timeout")
         if exc.code in (408, 413):  # a refused body, logged like a refused publish (relay.publish)
             log_refused_body(request, exc.code, body["error"], body["message"])
         response = jsonify(body)

@@ -26,7 +26,7 @@ from bisect import bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, Callable
 
 from relay.event import Event, InvalidEvent
 
@@ -59,11 +59,16 @@ class Replay:
         or, from the in-memory history, :class:`Kept` (both have ``channel``, ``id`` and ``frame``).
     :param complete: ``False`` when some events after that id can no longer be replayed.
     :param reason: why not complete: ``"unknown-id"`` or ``"evicted"``.
+    :param follow: for a source whose cursors differ between workers (Kafka): called with each
+        live event the stream receives after the replay; returns the event to send (or a copy
+        whose cursor also covers what the replay sent) or ``None`` to skip one the replay already
+        sent. Once its ``done`` attribute is true it is no longer called.
     """
 
     events: list[Event] = field(default_factory=list)
     complete: bool = True
     reason: str = ""
+    follow: Callable[[Event], Event | None] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -77,11 +82,15 @@ class Kept:
 
     channel: str
     event: str
-    id: str
+    id: str  # the SSE id the client got: the event's cursor when it has one
     seq: int
     frame: bytes
     is_json: bool  # ``data`` was not a string: the frame's data lines hold JSON
     size: int = 0  # what keeping it costs, in bytes (frame, id, name and overhead)
+
+    @property
+    def sse_id(self) -> str:
+        return self.id
 
     @property
     def text(self) -> str:
@@ -97,12 +106,23 @@ class Kept:
 def keep(event: Event, channel: str | None = None) -> Kept:
     """The history's record of ``event``; ``channel`` may be an equal string to share."""
     frame = event.frame
-    size = sys.getsizeof(frame) + sys.getsizeof(event.id) + sys.getsizeof(event.event) + ENTRY_OVERHEAD
-    return Kept(channel or event.channel, event.event, event.id, event.seq, frame,
+    sse_id = event.sse_id  # what a resuming client sends back: the history is looked up by it
+    size = sys.getsizeof(frame) + sys.getsizeof(sse_id) + sys.getsizeof(event.event) + ENTRY_OVERHEAD
+    return Kept(channel or event.channel, event.event, sse_id, event.seq, frame,
                 not isinstance(event.data, str), size)
 
 
-_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # what XADD generates: <milliseconds>-<sequence>
+
+
+def parse_stream_id(text: str) -> tuple[int, int] | None:
+    """``(milliseconds, sequence)`` of a Redis stream entry id, or ``None`` when ``text`` is not one.
+
+    The one parser of ``<digits>-<digits>`` ids (the Redis backbone's, Redis Streams entries'):
+    the whole text, ASCII digits only, tuples order as Redis orders the entries.
+    """
+    match = _STREAM_ID.fullmatch(text)
+    return (int(match[1]), int(match[2])) if match else None
 _RESERVED_ID = re.compile(r"^[0-9]+-[0-9]+$|^kafka:")
 
 
@@ -137,15 +157,36 @@ def merge_replays(replays: list[Replay], limit: int) -> Replay:
             if key not in seen:
                 seen.add(key)
                 events.append(event)
-    matches = [_STREAM_ID.match(e.id or "") for e in events]
-    if all(matches):
-        order = {id(e): (int(m.group(1)), int(m.group(2))) for e, m in zip(events, matches)}
+    keys = [parse_stream_id(e.id or "") for e in events]
+    if all(keys):
+        order = {id(e): key for e, key in zip(events, keys)}
         events.sort(key=lambda e: order[id(e)])
     complete = all(r.complete for r in replays)
     if len(events) > limit:
         events, complete = events[-limit:], False
     reasons = [r.reason for r in replays if not r.complete]
-    return Replay(events, complete, reasons[0] if reasons else ("" if complete else "evicted"))
+    follows = [r.follow for r in replays if r.follow is not None]
+    return Replay(events, complete, reasons[0] if reasons else ("" if complete else "evicted"),
+                  follows[0] if len(follows) == 1 else (_Chain(follows) if follows else None))
+
+
+class _Chain:
+    """Several replays' ``follow`` functions applied in turn, done when all are."""
+
+    def __init__(self, follows: list):
+        self.follows = follows
+
+    @property
+    def done(self) -> bool:
+        return all(getattr(f, "done", False) for f in self.follows)
+
+    def __call__(self, event):
+        for follow in self.follows:
+            if event is None:
+                return None
+            if not getattr(follow, "done", False):
+                event = follow(event)
+        return event
 
 
 class BackboneUnavailable(RuntimeError):

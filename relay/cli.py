@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the relay under gunicorn's gevent worker",
                                 description="Run gunicorn with the gevent worker and relay's settings "
                                             "(RELAY_CONFIG, RELAY_* variables).")
-    serve.add_argument("--bind", metavar="HOST:PORT", help="address to listen on (default: $RELAY_BIND or "
-                                                           "127.0.0.1:8000)")
+    serve.add_argument("--bind", metavar="HOST:PORT", help="address to listen on, over server.bind "
+                                                           "(default: $RELAY_BIND, the file's, or 127.0.0.1:8000)")
     serve.set_defaults(func=_serve)
 
     check = commands.add_parser("check-config", help="validate the configuration; exit 1 naming each problem",

@@ -5,7 +5,16 @@ declares its own sections; plugins declare theirs through the ``relay_config_sec
 Loading validates everything at start-up and raises :class:`ConfigError` naming each bad key,
 the value found and what is allowed, so a typo never becomes a silent default.
 
-Precedence, lowest first: option defaults, the TOML file (or dict), environment variables.
+Precedence, lowest first:
+
+* ``create_app()`` (the server, ``relay check-config``): option defaults, the TOML file named by
+  ``RELAY_CONFIG`` (or a path given to ``create_app``), ``RELAY_*`` environment variables.
+* ``create_app({...})`` with a dict: option defaults, ``RELAY_*`` environment variables, the
+  dict. An explicit dict wins over the environment, as Flask's test config does; the environment
+  still fills the keys the dict does not set.
+* Under gunicorn, the ``[server]`` values gunicorn actually runs with (its command line, e.g.
+  ``-b``, wins over the file and the environment) replace ``[server]`` in the worker's app:
+  ``relay.gunicorn_config`` hands them over (``create_app(server=...)``), not the environment.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 __all__ = ["ConfigError", "Option", "Section", "Config", "load_config", "read_toml", "CORE_SECTIONS",
-           "check_networks"]
+           "SERVER_SECTION", "check_networks", "server_settings"]
 
 
 class ConfigError(ValueError):
@@ -106,10 +115,41 @@ def _check_origins(origins: list[str]) -> str | None:
     return None
 
 
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")  # what a Redis URL starts with, wherever one is taken
+
+
 def _check_backbone(url: str) -> str | None:
-    if url == "memory" or url.startswith(("redis://", "rediss://", "unix://")):
+    if url == "memory" or url.startswith(REDIS_URL_SCHEMES):
         return None
     return f"{url!r} is not allowed; allowed: 'memory' or a Redis URL ('redis://host:port/db')"
+
+
+def _check_bind(binds: list[str]) -> str | None:
+    if not binds:
+        return "name at least one address, like '127.0.0.1:8000'"
+    return None
+
+
+# gunicorn's settings. relay.gunicorn_config reads them with server_settings() (the arbiter must
+# not build the app); the app sees the values gunicorn actually uses (see create_app's ``server``).
+SERVER_SECTION = Section(
+    "server",
+    (
+        Option("bind", list, ["127.0.0.1:8000"], "addresses to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH; "
+               "publishing open to anyone is refused on any but a loopback address (see auth)",
+               env="RELAY_BIND", check=_check_bind),
+        Option("workers", int, 1, "worker processes; more than one needs a shared backbone (Redis)",
+               env="RELAY_WORKERS", min=1),
+        Option("worker_connections", int, 10100, "connections one worker accepts: streams up to "
+               "sinks.sse.max_connections, and sinks.sse.reserved_connections kept free for /healthz, "
+               "/metrics and publishing", env="RELAY_WORKER_CONNECTIONS", min=1),
+        Option("graceful_timeout", int, 10, "seconds a stopping worker has to end its streams and finish "
+               "its requests before it is killed", env="RELAY_GRACEFUL_TIMEOUT", min=0),
+    ),
+    "gunicorn's settings, for `relay serve` and `gunicorn -c python:relay.gunicorn_config`. gunicorn's own "
+    "command-line options (`-b`, `-w`, `--worker-connections`, `--graceful-timeout`; `relay serve --bind`) "
+    "win over them, and the app's checks see the values gunicorn actually uses.",
+)
 
 
 CORE_SECTIONS = (
@@ -138,6 +178,8 @@ CORE_SECTIONS = (
             Option("disable_plugins", list, [], "plugin names not to load", env="RELAY_DISABLE_PLUGINS"),
             Option("hook_timeout", float, 5.0, "seconds a plugin's per-event or health hook may take before "
                    "it is interrupted and reported", env="RELAY_HOOK_TIMEOUT", min=0.01),
+            Option("trace_plugins", bool, False, "log every plugin hook call with its plugins and duration "
+                   "(logger relay.trace)", env="RELAY_TRACE_PLUGINS"),
             Option("log_format", str, "plain", "log lines as plain text or one JSON object each",
                    env="RELAY_LOG_FORMAT", choices=("plain", "json")),
             Option("log_level", str, "info", "logging level", env="RELAY_LOG_LEVEL",
@@ -148,6 +190,7 @@ CORE_SECTIONS = (
         ),
         "Core settings.",
     ),
+    SERVER_SECTION,
 )
 
 
@@ -268,9 +311,14 @@ def _copy(value: Any) -> Any:
 
 
 def load_config(raw: Mapping[str, Any], sections: list[Section], source: str = "defaults",
-                environ: Mapping[str, str] | None = None) -> Config:
+                environ: Mapping[str, str] | None = None, *, explicit: bool = False,
+                server: Mapping[str, Any] | None = None) -> Config:
     """Validate ``raw`` tables against ``sections`` and apply environment overrides.
 
+    :param explicit: ``raw`` is a dict given to ``create_app``: its keys win over the environment
+        (which still fills the others). Otherwise (a file) the environment wins.
+    :param server: the ``[server]`` values the server actually runs with (gunicorn's, after its
+        command line); they replace whatever the file and environment say.
     :raises ConfigError: listing every unknown key, wrong type and bad value at once.
     """
     environ = os.environ if environ is None else environ
@@ -278,6 +326,7 @@ def load_config(raw: Mapping[str, Any], sections: list[Section], source: str = "
     by_path = {s.path: s for s in sections}
     values: dict[str, dict[str, Any]] = {}
     present: set[str] = set()
+    given: set[tuple[str, str]] = set()  # (section, key) set by raw
 
     # Walk the file's tables: every table must be a declared section or lead to one.
     def walk(table: Mapping[str, Any], prefix: str) -> None:
@@ -304,6 +353,7 @@ def load_config(raw: Mapping[str, Any], sections: list[Section], source: str = "
             return
         if own:
             present.add(prefix)
+        given.update((prefix, name) for name in own)
         values[prefix] = _validate_table(section, own, prefix, f"{source}", problems)
 
     walk(raw, "")
@@ -311,11 +361,36 @@ def load_config(raw: Mapping[str, Any], sections: list[Section], source: str = "
         if section.path not in values:
             values[section.path] = {o.name: _copy(o.default) for o in section.options}
         for option in section.options:
+            if explicit and (section.path, option.name) in given:
+                continue  # create_app({...}) wins over the environment
             if option.env and option.env in environ:
                 key = f"{section.path}.{option.name}" if section.path else option.name
                 parsed = _parse_env(option, environ[option.env])
                 values[section.path][option.name] = _validate(option, key, parsed, option.env, problems)
                 present.add(section.path)
+    if server and SERVER_SECTION.path in values:
+        for name, value in server.items():
+            option = SERVER_SECTION.option(name)
+            if option is None:
+                problems.append(_unknown(f"server.{name}", name, [o.name for o in SERVER_SECTION.options]))
+                continue
+            values[SERVER_SECTION.path][name] = _validate(option, f"server.{name}", value, "the server", problems)
     if problems:
         raise ConfigError(problems)
     return Config(values, present, source)
+
+
+def server_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``[server]`` section alone, from the ``RELAY_CONFIG`` file and ``RELAY_*`` variables.
+
+    What gunicorn's arbiter reads (relay.gunicorn_config) without building the app or importing
+    any plugin; the rest of the file is checked by ``relay check-config``.
+
+    :raises ConfigError: naming each bad key, as for the whole configuration.
+    """
+    raw, source = raw_config(None)
+    table = raw.get(SERVER_SECTION.path, {})
+    if not isinstance(table, dict):
+        raise ConfigError([f"server: expected a table ([server]), got {table!r} (from {source})"])
+    settings = load_config({SERVER_SECTION.path: table}, [SERVER_SECTION], source, environ)
+    return settings.section(SERVER_SECTION.path)

@@ -14,10 +14,11 @@ errors of the source.
 
 from __future__ import annotations
 
-import logging
+import json
 from typing import TYPE_CHECKING
 
-from relay.event import MAX_DEPTH, Event, InvalidEvent, InvalidJSON, loads_json
+from relay import signals
+from relay.event import MAX_DEPTH, Event, InvalidEvent, InvalidJSON, _reject_constant, json_depth, loads_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.runtime import Relay
@@ -26,7 +27,6 @@ ENVELOPE_FIELDS = ("event", "data", "channel", "id")
 FORMATS = ("envelope", "raw")
 EXCERPT = 200  # characters of a bad message that go into the log
 
-log = logging.getLogger("relay.rejected")
 
 
 class BadMessage(ValueError):
@@ -34,6 +34,7 @@ class BadMessage(ValueError):
 
     def __init__(self, reason: str, detail: str):
         self.reason = reason
+        self.detail = detail
         super().__init__(f"{reason}: {detail}")
 
 
@@ -54,25 +55,56 @@ def decode(payload: bytes | str, *, channel: str, source: str, format: str = "en
     try:
         if format == "raw":
             return Event(channel, event_name, text, source=source)
-        try:  # the envelope object is one level: its data may nest MAX_DEPTH more, as Event allows
-            message = loads_json(text, MAX_DEPTH + 1)
-        except InvalidJSON as exc:
-            if exc.reason == "too_deep":
-                raise BadMessage("too_deep", f"nests deeper than {MAX_DEPTH} levels inside the envelope, "
-                                             "the limit") from None
-            raise BadMessage(exc.reason, str(exc)) from None
-        if not isinstance(message, dict):
-            raise BadMessage("wrong_shape", f"expected a JSON object, got {type(message).__name__}")
-        unknown = sorted(set(message) - set(ENVELOPE_FIELDS))
-        if unknown:
-            raise BadMessage("wrong_shape", f"unknown field(s) {', '.join(unknown)}; "
-                                            f"allowed: {', '.join(ENVELOPE_FIELDS)}")
-        if "event" not in message:
-            raise BadMessage("wrong_shape", "no 'event' field")
+        message = parse_object(text, ENVELOPE_FIELDS, "the message")
         return Event(message.get("channel", channel), message["event"], message.get("data"),
                      id=message.get("id"), source=source)
     except InvalidEvent as exc:
         raise BadMessage("invalid_field", str(exc)) from None
+
+
+def parse_object(text: str, fields: tuple[str, ...], what: str) -> dict:
+    """The JSON object of a broker envelope or an HTTP publish body, checked: JSON, nesting, an
+    object, only ``fields``, an ``event``. The one parser for both (HTTP has no ``channel``).
+
+    :param what: names the text in messages (``"the message"``, ``"the body"``).
+    :raises BadMessage: ``not_json``, ``too_deep`` or ``wrong_shape``.
+    """
+    try:  # the object is one level: its data may nest MAX_DEPTH more, as Event allows
+        message = _loads_envelope(text)
+    except InvalidJSON as exc:
+        if exc.reason == "too_deep":
+            raise BadMessage("too_deep", f"{what}: nesting is deeper than {MAX_DEPTH} levels "
+                                         "(the limit for data)") from None
+        raise BadMessage(exc.reason, f"{what}: {exc}") from None
+    if not isinstance(message, dict):
+        raise BadMessage("wrong_shape", f"{what} must be a JSON object, got {type(message).__name__}")
+    unknown = message.keys() - set(fields)
+    if unknown:
+        raise BadMessage("wrong_shape", f"unknown field(s) {', '.join(sorted(unknown))}; "
+                                        f"allowed: {', '.join(fields)}")
+    if "event" not in message:
+        raise BadMessage("wrong_shape", "event: is required (the SSE event name)")
+    return message
+
+
+# One decoder for every message: ``json.loads`` given a keyword (``parse_constant``) builds a new
+# JSONDecoder and scanner per call, which took 4 of the 9 µs of parsing a 120-byte envelope.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _loads_envelope(text: str) -> object:
+    """:func:`relay.event.loads_json` with ``MAX_DEPTH + 1``, on the shared decoder.
+
+    Text that is not JSON, nests too deeply or starts with a byte-order mark (``json.loads``
+    words that one itself) goes to ``loads_json``, which raises with the usual message."""
+    try:
+        if not text.startswith("\ufeff"):
+            value = _DECODER.decode(text)
+            if json_depth(value, MAX_DEPTH + 1) <= MAX_DEPTH + 1:
+                return value
+    except (RecursionError, ValueError):
+        pass
+    return loads_json(text, MAX_DEPTH + 1)
 
 
 def _text(payload: bytes | str, max_size: int) -> str:
@@ -107,6 +139,7 @@ def excerpt(payload: bytes | str) -> str:
 
 
 def reject(relay: Relay, source: str, where: str, payload: bytes | str, error: BadMessage) -> None:
-    """Count and log a message that was skipped. ``where`` says where it came from."""
-    relay.stats.incr("rejected", source=source, reason=error.reason)
-    log.warning("rejected message from %s %s: %s; payload %s", source, where, error, excerpt(payload))
+    """Report a message that was skipped (``event-rejected``: counted and logged). ``where`` says
+    where it came from."""
+    signals.event_rejected.send(relay, source=source, reason=error.reason, where=where, error=str(error),
+                                payload=excerpt(payload))

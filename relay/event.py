@@ -10,6 +10,7 @@ from typing import Any
 from relay.sse import encode_event, has_forbidden_characters
 
 MAX_NAME_LENGTH = 256  # channel, event name and id: long enough for any real use, short to resume on
+MAX_CURSOR_LENGTH = 1024  # a cursor (and so a Last-Event-ID) may name a position per partition
 _CONTAINERS = (list, dict, tuple)
 MAX_DEPTH = 32  # nesting of arrays and objects in data; deeper is refused on every ingress
 
@@ -78,7 +79,7 @@ def check_text(field: str, value: str) -> None:
                                   "which cannot be encoded as UTF-8 (a lone surrogate)") from None
 
 
-def check_name(field: str, value: Any, *, required: bool = True) -> None:
+def check_name(field: str, value: Any, *, required: bool = True, limit: int = MAX_NAME_LENGTH) -> None:
     """Validate a channel, event name or id: a non-empty string, bounded, UTF-8, no CR, LF or NUL."""
     if value is None and not required:
         return
@@ -86,8 +87,8 @@ def check_name(field: str, value: Any, *, required: bool = True) -> None:
         raise InvalidEvent(field, f"must be a string, got {type(value).__name__}")
     if not value:
         raise InvalidEvent(field, "must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidEvent(field, f"is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if len(value) > limit:
+        raise InvalidEvent(field, f"is {len(value)} characters long; the limit is {limit}")
     if has_forbidden_characters(value):
         raise InvalidEvent(field, "must not contain CR, LF or NUL")
     check_text(field, value)
@@ -122,6 +123,10 @@ class Event:
     :param id: set by the publisher, or assigned by the backbone when ``None``.
     :param source: which source brought it (``"http"``, ``"redis"``, …).
     :param timestamp: when relay accepted it (seconds since the epoch).
+    :param cursor: the SSE ``id`` to send instead of ``id``, when where a client stands after
+        this event says more than which event it is (a Kafka source sends a position per
+        partition). ``id`` stays the event's identity (webhooks, dedupe); a client resumes from
+        the cursor. ``None``: the SSE ``id`` is ``id``.
 
     Construction validates every field and raises :class:`InvalidEvent` naming the bad one, so
     an event that exists can always be delivered.
@@ -133,6 +138,7 @@ class Event:
     id: str | None = None
     source: str = "http"
     timestamp: float = field(default_factory=time.time)
+    cursor: str | None = field(default=None, repr=False)
     seq: int = field(default=0, repr=False)  # position given by the backbone; orders replay
     text: str = field(default="", init=False, repr=False)  # ``data`` as sent, encoded once
     _frame: bytes | None = field(default=None, init=False, repr=False)
@@ -141,14 +147,20 @@ class Event:
         check_name("channel", self.channel)
         check_name("event", self.event)
         check_name("id", self.id, required=False)
+        check_name("cursor", self.cursor, required=False, limit=MAX_CURSOR_LENGTH)
         self.text = encode_data(self.data)
 
     @property
     def frame(self) -> bytes:
         """The SSE block for this event, built once and shared by every client."""
         if self._frame is None:
-            self._frame = encode_event(self.text, self.event, self.id)
+            self._frame = encode_event(self.text, self.event, self.cursor or self.id)
         return self._frame
+
+    @property
+    def sse_id(self) -> str | None:
+        """What a client that received this event sends back as ``Last-Event-ID``."""
+        return self.cursor or self.id
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "channel": self.channel, "event": self.event, "data": self.data,

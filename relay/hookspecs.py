@@ -65,7 +65,8 @@ def relay_backbone(relay: Relay, url: str) -> Backbone | None:
     """Provide the backbone named by the ``backbone`` setting, when it is not ``"memory"``.
 
     Called once per ``create_app``, in the process that will serve requests, when the runtime is
-    built (before ``relay_init_app``). Return ``None`` for URLs that are not yours. The backbone
+    built (before ``relay_init_app``), with every attribute of ``relay`` set but ``backbone``.
+    Return ``None`` for URLs that are not yours. The backbone
     gives every event its id and delivers it to every worker that should see it by calling
     ``relay.deliver(event)`` once per event in each; its readers are returned by
     :meth:`relay.backbone.Backbone.sources` and supervised like sources. Do not connect here.
@@ -216,8 +217,12 @@ def relay_replay(relay: Relay, channels: list[str], last_event_id: str, limit: i
     the history, or from before a restart). A source that can read its broker's log (Redis
     Streams, Kafka) recognises its own ids and answers. Stops at first non-None result.
 
+    A source whose events' SSE ids must say more than which event it is (Kafka: a position on
+    every partition) sets ``Event.cursor``; the client sends the cursor back, and a
+    ``Replay.follow`` function can then adjust the live events that follow the replay.
+
     :param channels: the channels the client subscribes to.
-    :param last_event_id: the client's ``Last-Event-ID``, untrusted, at most 256 characters.
+    :param last_event_id: the client's ``Last-Event-ID``, untrusted, at most 1024 characters.
     :param limit: the most events to return.
     :return: a :class:`relay.backbone.Replay`, or ``None`` when the id is not yours.
     """

@@ -54,6 +54,7 @@ GAUGES = {
 DELIVERY_LATENCY = Histogram("relay_delivery_latency_seconds",
                              "From acceptance by relay to the write to an SSE client",
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+HISTOGRAMS = {"delivery_latency": DELIVERY_LATENCY}
 
 
 def exposition() -> tuple[bytes, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from importlib.metadata import entry_points
 from typing import Iterable
 
@@ -61,7 +62,27 @@ def get_plugin_manager(modules: Iterable[str] = (), disabled: Iterable[str] = ()
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginLoadError(f"plugin {exc.plugin!r} implements a hook relay does not have: {exc}") from exc
+    refuse_wrappers_on_isolated_hooks(pm)
     return pm
+
+
+# Hooks relay calls one implementation at a time, each in its own ``try`` and bounded by
+# ``hook_timeout``, so that one plugin's failure or slowness cannot reach the others.
+ISOLATED_HOOKS = ("relay_transform_event", "relay_deliver", "relay_deliver_durable", "relay_sources",
+                  "relay_health", "relay_shutdown", "relay_openapi_paths")
+
+
+def refuse_wrappers_on_isolated_hooks(pm: pluggy.PluginManager) -> None:
+    """A hook wrapper wraps one call of every implementation; relay makes one call per
+    implementation on these hooks, so a wrapper would silently never run: refuse it."""
+    for name in ISOLATED_HOOKS:
+        for impl in getattr(pm.hook, name).get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                raise PluginLoadError(
+                    f"plugin {impl.plugin_name!r} implements {name} as a hook wrapper; relay calls each "
+                    f"implementation of {name} on its own (isolated, bounded by hook_timeout), so a wrapper "
+                    "would never run. Implement the hook itself (wrappers work on the hooks relay calls "
+                    "once for all plugins, such as relay_replay and relay_authorize).")
 
 
 def describe(pm: pluggy.PluginManager) -> list[dict]:
@@ -72,3 +93,24 @@ def describe(pm: pluggy.PluginManager) -> list[dict]:
         rows.append({"name": name, "origin": getattr(pm, "origins", {}).get(name, "registered directly"),
                      "module": getattr(plugin, "__name__", repr(plugin)), "hooks": hooks})
     return rows
+
+
+def trace_calls(pm: pluggy.PluginManager, logger: logging.Logger | None = None) -> None:
+    """Log every hook call with the plugins it ran and how long it took (``trace_plugins``).
+
+    Uses pluggy's own ``add_hookcall_monitoring``, which sees every call: the hooks relay calls
+    once for all plugins and, one implementation at a time, the isolated ones.
+    """
+    logger = logger or logging.getLogger("relay.trace")
+    started: dict[int, float] = {}  # id of the call's kwargs -> start; greenlets may interleave
+
+    def before(hook_name, impls, kwargs):
+        started[id(kwargs)] = time.perf_counter()
+
+    def after(outcome, hook_name, impls, kwargs):
+        took = (time.perf_counter() - started.pop(id(kwargs), time.perf_counter())) * 1000
+        failed = f" raised {type(outcome.exception).__name__}" if outcome.exception is not None else ""
+        logger.info("hook %s [%s] %.2f ms%s", hook_name, ", ".join(i.plugin_name for i in reversed(impls)),
+                    took, failed)
+
+    pm.add_hookcall_monitoring(before, after)

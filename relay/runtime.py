@@ -14,11 +14,13 @@ import gevent
 import gevent.event
 import pluggy
 
+from relay import observe, signals
 from relay.auth import Decision
 from relay.backbone import Backbone, MemoryBackbone, Replay, merge_replays
 from relay.bus import Bus
 from relay.config import Config, ConfigError
 from relay.event import Event
+from relay.plugins import trace_calls
 from relay.sink_queue import SinkQueue
 from relay.source import Source
 from relay.stats import Stats
@@ -26,6 +28,7 @@ from relay.supervisor import Supervisor
 
 log = logging.getLogger("relay")
 STOP_WAIT = 15.0  # seconds a second stop() call waits for the first one to finish
+SINK_HOOKS = ("relay_deliver", "relay_deliver_durable")  # a failure there is signalled: delivery-failed
 
 
 class HookTimeout(Exception):
@@ -37,21 +40,25 @@ class Relay:
         self.config = config
         self.plugins = plugins
         self.stats = Stats()
+        self._unobserve = observe.connect(self)  # counters and log lines, as receivers of relay.signals
         self.extensions: dict[str, Any] = {}  # per-app state of plugins, by plugin name
         core = config.section("")
         self.history_size: int = core["history_size"]
         self.history_bytes: int = core["history_bytes"]  # per channel
         self.history_total_bytes: int = core["history_total_bytes"]  # per worker
-        self.backbone = self._make_backbone(core["backbone"])
         self.bus = Bus(on_error=lambda receiver, exc: self.stats.incr("receiver_errors"))
         self.supervisor = Supervisor(self)
         self.hook_timeout: float = core["hook_timeout"]
+        if core["trace_plugins"]:
+            trace_calls(plugins)
         self.sinks = SinkQueue(self.run_sinks)  # relay_deliver runs there, never in the delivering greenlet
         # Sources whose events durable sinks take through relay_deliver_durable (e.g. Kafka in
         # group mode); relay_deliver then skips those sinks for these events.
         self.durable_sources: set[str] = set()
         self.state = "new"  # -> "running" -> "stopped"; a stopped relay never starts again
         self._stopped = gevent.event.Event()  # set when stop() has finished
+        # Last: relay_backbone is the first hook to receive this Relay, and finds it fully built.
+        self.backbone: Backbone = self._make_backbone(core["backbone"])
 
     def _make_backbone(self, url: str) -> Backbone:
         if url == "memory":
@@ -80,8 +87,12 @@ class Relay:
         event = self.transform(event)
         if event is None:
             return None
-        self.stats.incr("events_in", source=event.source)
         published = self.backbone.publish(event, broadcast)
+        # Counted here rather than by a receiver: a blinker send costs ~4 µs, and this runs for
+        # every event; the signal goes out only when someone listens.
+        self.stats.incr("events_in", source=event.source)
+        if signals.event_published.receivers:
+            signals.event_published.send(self, event=published)
         if broadcast:
             # The publisher answers once the sinks had it (a webhook is stored before the 202);
             # bounded, as a sink that outlives hook_timeout is interrupted anyway.
@@ -201,10 +212,17 @@ class Relay:
             # A hook that waits longer than hook_timeout is interrupted at its next yield to the
             # hub (any I/O under gevent); CPU-bound code cannot be interrupted.
             with gevent.Timeout(self.hook_timeout, HookTimeout(f"took longer than {self.hook_timeout}s")):
-                return True, impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:  # noqa: BLE001 - one plugin's bug must not reach the others
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-            self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook=hook_name)
+                # Through pluggy's hook executor, one implementation at a time: pluggy's tracing
+                # and add_hookcall_monitoring (RELAY_TRACE_PLUGINS) see every call.
+                results = self.plugins._hookexec(hook_name, [impl], kwargs, False)
+                return True, results[0] if results else None
+        except Exception as exc:  # noqa: BLE001 - one plugin's bug must not reach the others
+            if hook_name in SINK_HOOKS:  # counted and logged by relay.observe, like any receiver may
+                signals.delivery_failed.send(self, plugin=impl.plugin_name, hook=hook_name, event=kwargs.get("event"),
+                                             error=exc)
+            else:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+                self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook=hook_name)
             return False, None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -244,6 +262,7 @@ class Relay:
                 pass
             self.supervisor.stop()
             self.sinks.stop(timeout=5.0)
+            self._unobserve()
             log.info("relay stopped")
         finally:
             self._stopped.set()

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import gevent.event
 
-from relay import metrics
+from relay import observe  # noqa: F401 - its receivers log state changes and set the source_up gauge
+from relay import signals
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.runtime import Relay
@@ -38,8 +39,7 @@ class Source:
         self.stopping.set()
 
     def set_status(self, status: str, detail: str = "") -> None:
-        if status != self.status:
-            level = logging.WARNING if status == "down" else logging.INFO
-            self.log.log(level, "source %s is %s%s", self.name, status, f": {detail}" if detail else "")
+        previous = self.status
         self.status, self.detail = status, detail
-        metrics.GAUGES["source_up"].labels(source=self.name).set(1 if status == "up" else 0)
+        if status != previous:
+            signals.source_state_changed.send(self, state=status, previous=previous, detail=detail)

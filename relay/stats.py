@@ -29,6 +29,12 @@ class Stats:
         if gauge is not None:
             (gauge.labels(**labels) if labels else gauge).set(value)
 
+    def observe(self, name: str, value: float) -> None:
+        """One observation of a histogram registered in relay.metrics (``delivery_latency``)."""
+        histogram = metrics.HISTOGRAMS.get(name)
+        if histogram is not None:
+            histogram.observe(value)
+
     def snapshot(self) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
         for (name, labels), count in sorted(self._counts.items()):

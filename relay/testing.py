@@ -415,7 +415,8 @@ class RelayServer:
     """A relay under gunicorn's gevent worker, as operators run it, on a free port."""
 
     def __init__(self, config: dict | None = None, env: dict[str, str] | None = None, workers: int = 1,
-                 directory: str | os.PathLike | None = None, port: int | None = None):
+                 directory: str | os.PathLike | None = None, port: int | None = None,
+                 gunicorn_args: list[str] | None = None):
         self.directory = Path(directory or tempfile.mkdtemp(prefix="relay-test-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -431,12 +432,14 @@ class RelayServer:
         self.env.update(env or {})
         self.process: subprocess.Popen | None = None
         self.workers = workers
+        self.gunicorn_args = list(gunicorn_args or [])  # gunicorn's own options (-b ...), over the settings
 
     def start(self, timeout: float = 20.0) -> RelayServer:
         self.started_before = self.log().count("relay started")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_config", "relay.wsgi_app:app"],
+            [sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_config", *self.gunicorn_args,
+             "relay.wsgi_app:app"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
             start_new_session=True)  # its own process group, so kill() takes the workers too
         log.close()

@@ -2,14 +2,15 @@
 
 By hand: ``gunicorn -c python:relay.gunicorn_config relay.wsgi_app:app``. gunicorn must be given
 relay's settings (the gevent worker, ``RELAY_BIND``, the start-up check, the metrics directory,
-sources started after fork); it reads ``gunicorn.conf.py`` only from the working directory, so
-outside a checkout it would run relay without them. This module refuses that with a message
+sources started after fork, gunicorn's own settings handed to the app); it reads
+``gunicorn.conf.py`` only from the working directory, so outside a checkout it would run relay
+without them. This module refuses that with a message
 saying what to run instead.
 """
 
 import sys
 
-from relay import create_app
+from relay.app import create_app
 
 WITHOUT_SETTINGS = (
     "relay: gunicorn was started without relay's settings (it reads gunicorn.conf.py only from the "
@@ -30,5 +31,12 @@ def _check_gunicorn_settings() -> None:
     raise AppImportError(WITHOUT_SETTINGS)
 
 
+def _served_settings() -> dict | None:
+    """The ``[server]`` values gunicorn runs this worker with (its -b, -w... included), handed
+    over by relay.gunicorn_config's post_fork; ``None`` under another server, or in a test."""
+    settings = sys.modules.get("relay.gunicorn_config")
+    return settings.served_settings() if settings is not None else None
+
+
 _check_gunicorn_settings()
-app = create_app()
+app = create_app(server=_served_settings())

@@ -432,6 +432,7 @@ def test_events_produced_into_redis_streams_while_relay_was_down_are_shown(relay
     no_page_errors(a, b)
 
 
+@pytest.mark.kafka_brokers("apache")
 def test_emotes_produced_into_kafka_show_up_on_the_page(relay_server_factory, kafka_broker, producer,  # noqa: F811
                                                         open_page):
     topic = create_topic(kafka_broker, topic_name("reactions"))

@@ -329,6 +329,7 @@ def test_redis_stream_group_rejects_hostile_entries_acknowledges_them_and_delive
 # Kafka
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.kafka_brokers("tansu")
 def test_kafka_records_with_hostile_text_or_deep_nesting_are_rejected_and_the_partition_goes_on(
         kafka_broker, producer, relay_server_factory):
     topic = create_topic(kafka_broker, topic_name("hostile"))

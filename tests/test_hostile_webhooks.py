@@ -16,7 +16,7 @@ import urllib.request
 
 import gevent
 import pytest
-from webhook_support import SECRET, TOKEN, Receiver, Reply, api, config_endpoint_id, endpoint, webhook_config
+from webhook_support import SECRET, TOKEN, Reply, api, config_endpoint_id, endpoint, webhook_config
 
 from plugins.webhooks import signing
 from plugins.webhooks.model import PENDING, Delivery, Endpoint
@@ -24,16 +24,10 @@ from relay.config import ConfigError
 from relay.event import Event
 from relay.testing import http_request, wait_until
 
+pytest_plugins = ["webhook_fixtures"]  # receiver
 pytestmark = pytest.mark.timeout(60)
 
 LOCK_SECONDS = 3.0
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
 
 
 def hold_write_lock(path, seconds: float) -> subprocess.Popen:

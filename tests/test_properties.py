@@ -534,6 +534,7 @@ def kafka_relay(kafka_broker, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.kafka_brokers("tansu")
 @fixed(60)
 @given(case=cases(), utf8=st.booleans())
 def test_kafka_envelope_is_rejected_with_its_reason_or_delivered_as_sent(kafka_relay, case, utf8):

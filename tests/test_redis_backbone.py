@@ -1,10 +1,13 @@
 """The Redis backbone: several instances with several gevent workers each, one consistent stream."""
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from redis_support import require_own_server
+from redis_support import EXTERNAL_URL, RedisServer, require_own_server
 from relay.testing import RelayServer, http_request, wait_until
 
 
@@ -123,6 +126,31 @@ def test_redis_down_means_503_and_not_ready_then_recovers(relay_server_factory, 
     with server.sse("/events/down") as stream:
         server.publish("down", "e", "back")
         assert stream.next_event(10).data == "back"
+
+
+def test_the_backbone_over_a_unix_socket(relay_server_factory):
+    # Connections are built by plugins.redis_common, which leaves TCP keepalive off a Unix socket
+    # (redis-py refuses the option there).
+    if EXTERNAL_URL:
+        pytest.skip("REDIS_URL names an external Redis: this test starts its own on a Unix socket")
+    directory = Path(tempfile.mkdtemp(prefix="relay-unix-"))  # short: a socket path has a length limit
+    socket = directory / "redis.sock"
+    server = RedisServer(directory, persistence=("--appendonly", "no", "--unixsocket", str(socket),
+                                                 "--unixsocketperm", "700")).start()
+    try:
+        relay = relay_server_factory({"backbone": f"unix://{socket}",
+                                      "backbones": {"redis": {"prefix": "unix:", "health_interval": 0.5}}})
+        with relay.sse("/events/unix") as stream:
+            stream.read_some(1)
+            wait_until(lambda: "source redis-backbone is up" in relay.log(), 15, message="the subscription")
+            sent = relay.publish("unix", "n", 1)["id"]
+            got = stream.next_event(10)
+        assert (got.id, got.json()) == (sent, 1)
+        names = {c["name"] for c in server.client().client_list()}
+        assert any(name.startswith("relay-backbone-sub-") for name in names)
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_publisher_ids_are_refused_with_the_redis_backbone(relay_server_factory, redis_server, prefix):

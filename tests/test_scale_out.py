@@ -54,6 +54,7 @@ def open_streams(server, count=12):
     return streams, pids
 
 
+@pytest.mark.kafka_brokers("apache")
 def test_two_instances_four_workers_one_stream_and_no_webhook_lost(relay_server_factory, redis_server,
                                                                   kafka_broker, receiver):
     topic = create_topic(kafka_broker, topic_name("scale"), partitions=3)

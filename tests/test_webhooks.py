@@ -14,14 +14,8 @@ from webhook_support import SECRET, TOKEN, Receiver, Reply, api, config_endpoint
 
 from relay.testing import wait_until
 
+pytest_plugins = ["webhook_fixtures"]  # receiver
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
 
 
 def attempts(server, endpoint_id, **query):

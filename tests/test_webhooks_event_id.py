@@ -5,16 +5,10 @@ delivers to a real receiver on loopback; every body is verified with ``standardw
 from __future__ import annotations
 
 import pytest
-from webhook_support import SECRET, Receiver, Reply, endpoint, webhook_config
+from webhook_support import SECRET, Reply, endpoint, webhook_config
 
+pytest_plugins = ["webhook_fixtures"]  # receiver
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
 
 
 def test_the_webhook_body_id_is_the_sse_event_id(relay_server_factory, receiver):

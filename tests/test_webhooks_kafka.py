@@ -33,6 +33,7 @@ def committed(bootstrap: str, group: str, topic: str) -> int | None:
         consumer.close(autocommit=False)
 
 
+@pytest.mark.kafka_brokers("apache", "tansu")
 def test_kafka_commits_only_after_the_webhook_store_has_the_delivery(kafka_broker, producer,  # noqa: F811
                                                                       relay_server_factory):
     topic = create_topic(kafka_broker, topic_name("wh"), partitions=1)

@@ -28,10 +28,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request, send_from_directory
 
-from relay import Event, hookimpl
-from relay.backbone import BackboneUnavailable
-from relay.config import Option, Section
-from relay.event import loads_json
+from relay.api import REDIS_URL_SCHEMES, BackboneUnavailable, Event, Option, Section, hookimpl, loads_json
 
 SECTION = "demo"
 STATIC = Path(__file__).parent / "static"
@@ -45,11 +42,8 @@ MAX_MEMORY_TALLIES = 10_000  # (room, poll) pairs kept in memory; the least rece
 log = logging.getLogger("relay.demo")
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def _check_tallies(value: str) -> str | None:
-    if value in ("", "memory") or value.startswith(REDIS_SCHEMES):
+    if value in ("", "memory") or value.startswith(REDIS_URL_SCHEMES):
         return None
     return f"{value!r} is not 'memory', a Redis URL (redis://host:port/db, rediss://…, unix://…) or empty"
 
@@ -226,7 +220,7 @@ class Demo:
         tallies = settings["tallies"]
         if not tallies:  # follow the backbone: shared tallies for a shared backbone
             backbone = relay.config.section("")["backbone"]
-            tallies = backbone if backbone.startswith(REDIS_SCHEMES) else "memory"
+            tallies = backbone if backbone.startswith(REDIS_URL_SCHEMES) else "memory"
         self.tallies = MemoryTallies() if tallies == "memory" else RedisTallies(tallies, settings["key_prefix"])
 
     def channel(self, room: str) -> str:

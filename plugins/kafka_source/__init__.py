@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from relay import hookimpl
+from relay.api import hookimpl
 
 from .broadcast import BroadcastSource
 from .group import GroupSource

@@ -1,9 +1,16 @@
 """Live delivery: every worker reads every partition of the topics, without a group.
 
 Each worker assigns itself all partitions and publishes every record with ``relay.publish``, so
-every SSE client on every worker sees every event, under the same id. The source remembers its
-position per partition: when its client is rebuilt (a failure, a long outage) it goes on from
-there instead of from ``start``.
+every SSE client on every worker sees every event, under the same id. Each event's cursor (its
+SSE id) holds this worker's position on every partition just after it (:mod:`.ids`). The source
+remembers its position per partition: when its client is rebuilt (a failure, a long outage) it
+goes on from there instead of from ``start``.
+
+A partition whose log ends before the worker's position was recreated or truncated, or the
+broker misreports its end: the worker reads it again from its beginning once, logs and counts
+it (``kafka_offset_regressions``), and does not read it again until the log end has caught up
+with its position and fallen behind once more, no sooner than :data:`REREAD_BACKOFF` later
+(doubling to :data:`REREAD_BACKOFF_MAX`): never an endless re-read loop.
 """
 
 from __future__ import annotations
@@ -13,17 +20,18 @@ from typing import Any
 
 import gevent
 
-from relay.envelope import BadMessage
-from relay.event import InvalidEvent
-from relay.source import Source
+from relay.api import BadMessage, InvalidEvent, Source
 
 from . import client
+from .ids import Positions
 from .records import DeadLetters, handle_bad, to_event
 from .settings import consumer_config
 
 POLL_MS = 200  # the longest a poll waits: shutdown and probes are never late by more
-POLL_RECORDS = 200  # records parsed per poll: kafka-python parses them without yielding
+POLL_RECORDS = 200  # records per poll: kafka-python parses them without yielding (max_poll_records overrides it)
 YIELD_EVERY = 50  # records published between yields to the hub
+REREAD_BACKOFF = 30.0  # seconds before a partition may be read from its beginning again
+REREAD_BACKOFF_MAX = 600.0
 
 
 class BroadcastSource(Source):
@@ -33,8 +41,11 @@ class BroadcastSource(Source):
         super().__init__()
         self.settings = settings
         self.dead_letters_here = dead_letters  # False when the group consumer copies them instead
-        self.positions: dict[Any, int] = {}  # TopicPartition -> next offset to read
+        self.positions = Positions(settings["topics"])  # TopicPartition -> next offset to read
         self.started = False  # ``start`` applies to partitions found by the first run only
+        self.regressed: set[Any] = set()  # partitions whose log now ends before our position
+        self.reread_pending: set[Any] = set()  # of those, the ones not read again yet
+        self.reread_after: dict[Any, tuple[float, float]] = {}  # tp -> (earliest re-read, backoff)
 
     def run(self, relay) -> None:
         from kafka import KafkaConsumer
@@ -49,18 +60,19 @@ class BroadcastSource(Source):
             client.bootstrap(consumer)
             assigned: list[Any] = []
             next_probe = 0.0
+            poll_records = settings["consumer"].get("max_poll_records", POLL_RECORDS)
             while not self.stopping.is_set():
                 if time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + settings["probe_interval"]
-                    assigned = self._refresh(consumer, assigned)
+                    assigned = self._refresh(relay, consumer, assigned)
                 if not assigned:
                     self.stopping.wait(settings["probe_interval"])
                     continue
-                batch = consumer.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS)
+                batch = consumer.poll(timeout_ms=POLL_MS, max_records=poll_records)
                 for tp, records in batch.items():
                     for n, record in enumerate(records, 1):
+                        self.positions[tp] = record.offset + 1  # the cursor covers the record itself
                         self._publish(relay, record, dead_letters)
-                        self.positions[tp] = record.offset + 1
                         if n % YIELD_EVERY == 0:
                             gevent.sleep(0)  # let SSE streams and requests run
                     gevent.sleep(0)
@@ -75,12 +87,13 @@ class BroadcastSource(Source):
         except BadMessage as error:
             handle_bad(relay, "kafka", record, error, dead_letters)
             return
+        event.cursor = self.positions.cursor(event.id)
         try:
             relay.publish(event)
         except InvalidEvent as exc:  # the backbone refused it: skip it like a bad record
             handle_bad(relay, "kafka", record, BadMessage("invalid_field", str(exc)), dead_letters)
 
-    def _refresh(self, consumer: Any, assigned: list[Any]) -> list[Any]:
+    def _refresh(self, relay, consumer: Any, assigned: list[Any]) -> list[Any]:
         """Assign partitions that appeared, and probe the broker: the health of this source."""
         try:
             found = client.partitions(consumer, self.settings["topics"])
@@ -94,11 +107,7 @@ class BroadcastSource(Source):
             self.set_status("down", str(exc))
             return assigned
         for tp, end in ends.items():
-            if self.positions.get(tp, 0) > end:  # the log is shorter than what we read: recreated
-                self.log.warning("%s ends at offset %d, before this worker's position %d: the topic was "
-                                 "recreated or truncated; reading it from its beginning", tp, end, self.positions[tp])
-                consumer.seek_to_beginning(tp)
-                self.positions[tp] = 0
+            self._check_end(relay, consumer, tp, end)
         missing = [t for t in self.settings["topics"] if not any(tp.topic == t for tp in assigned)]
         lag = sum(max(0, end - self.positions.get(tp, end)) for tp, end in ends.items())
         detail = f"{len(assigned)} partition(s), lag {lag}"
@@ -107,6 +116,33 @@ class BroadcastSource(Source):
         self.set_status("up", detail)
         self.started = True
         return assigned
+
+    def _check_end(self, relay, consumer: Any, tp: Any, end: int) -> None:
+        """React once to a log that ends before this worker's position (see the module's text)."""
+        position = self.positions.get(tp, 0)
+        if position <= end:
+            if tp in self.regressed:
+                self.regressed.discard(tp)
+                self.reread_pending.discard(tp)
+                self.log.info("%s: the log end (%d) has caught up with this worker's position again", tp, end)
+            return
+        now = time.monotonic()
+        earliest, backoff = self.reread_after.get(tp, (0.0, REREAD_BACKOFF / 2))
+        if tp not in self.regressed:  # a new regression: logged and counted once
+            self.regressed.add(tp)
+            self.reread_pending.add(tp)
+            relay.stats.incr("kafka_offset_regressions", topic=tp.topic)
+            self.log.warning("%s ends at offset %d, before this worker's position %d: the topic was recreated "
+                             "or truncated, or the broker misreports its end; reading it again from its "
+                             "beginning %s", tp, end, position,
+                             "now" if now >= earliest else f"in {earliest - now:.0f}s (backoff)")
+        if tp in self.reread_pending and now >= earliest:
+            self.reread_pending.discard(tp)
+            self.regressed.discard(tp)  # handled: reading past the end again is a new regression
+            backoff = min(backoff * 2, REREAD_BACKOFF_MAX)
+            self.reread_after[tp] = (now + backoff, backoff)
+            consumer.seek_to_beginning(tp)
+            self.positions[tp] = 0
 
     def _seek(self, consumer: Any, tps: list[Any]) -> None:
         fresh = []

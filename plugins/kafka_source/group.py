@@ -15,17 +15,15 @@ from typing import Any
 
 import gevent
 
-from relay.envelope import BadMessage
-from relay.source import Source
+from relay.api import BadMessage, DurableOffers, Source
 
 from . import client
-from .broadcast import POLL_RECORDS, YIELD_EVERY
+from .broadcast import YIELD_EVERY
 from .records import DeadLetters, handle_bad, to_event, where
 from .settings import consumer_config
 
 POLL_MS = 200
-RETRY_FIRST = 0.5  # seconds before a refused record is offered again; doubles up to RETRY_MAX
-RETRY_MAX = 10.0
+GROUP_POLL_RECORDS = 200  # records per poll; each may wait on a durable sink (max_poll_interval_ms)
 COMMIT_EVERY = 1.0  # seconds: within a long batch, commit at least this often
 COMMIT_TIMEOUT_MS = 10_000
 
@@ -46,8 +44,9 @@ class GroupSource(Source):
         consumer = client.build(KafkaConsumer, consumer_config(settings, "group", settings["group_id"]), self)
         if consumer is None:
             return  # stopped while connecting
-        self.taken: dict[tuple, set[str]] = {}  # (tp, offset) of a refused record -> sinks that took it
-        self.retry: dict[Any, tuple[float, float]] = {}  # paused tp -> (resume at, delay)
+        # A new member reads from the last commit: what refused records had is forgotten too.
+        self.offers = DurableOffers(relay)
+        self.retry: dict[Any, float] = {}  # paused tp -> when to resume it
         try:
             client.bootstrap(consumer)
             consumer.subscribe(settings["topics"])
@@ -57,7 +56,8 @@ class GroupSource(Source):
                     next_probe = time.monotonic() + settings["probe_interval"]
                     self._probe(consumer)
                 self._resume_due(consumer)
-                batch = consumer.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS)
+                batch = consumer.poll(timeout_ms=POLL_MS,
+                                     max_records=settings["consumer"].get("max_poll_records", GROUP_POLL_RECORDS))
                 done: dict[Any, int] = {}
                 last_commit = time.monotonic()
                 for tp, records in batch.items():
@@ -102,31 +102,27 @@ class GroupSource(Source):
         event = relay.transform(event)
         if event is None:
             return True  # dropped by a transform: nothing to deliver
-        key = (tp, record.offset)
-        wanted = set(relay.durable_sinks()) - self.taken.get(key, set())
-        taken = relay.deliver_durable(event, wanted)
-        if taken >= wanted:
-            self.taken.pop(key, None)
+        delay = self.offers.offer(event, key=(tp, record.offset), lane=tp)
+        if delay is None:
             self.retry.pop(tp, None)
             return True
-        self.taken.setdefault(key, set()).update(taken)
-        delay = min(self.retry.get(tp, (0.0, RETRY_FIRST / 2))[1] * 2, RETRY_MAX)
-        self.retry[tp] = (time.monotonic() + delay, delay)
+        self.retry[tp] = time.monotonic() + delay
         consumer.seek(tp, record.offset)
         consumer.pause(tp)
         relay.stats.incr("kafka_redeliveries")
         self.log.warning("durable sink(s) %s refused the record at %s; offering it again in %.1fs",
-                         ", ".join(sorted(wanted - taken)), where(record), delay)
+                         ", ".join(self.offers.refused), where(record), delay)
         return False
 
     def _resume_due(self, consumer: Any) -> None:
         now = time.monotonic()
-        for tp, (due, delay) in list(self.retry.items()):
+        for tp, due in list(self.retry.items()):
             if tp not in consumer.assignment():
                 del self.retry[tp]
+                self.offers.forget(tp)
             elif now >= due and tp in consumer.paused():
                 consumer.resume(tp)
-                self.retry[tp] = (float("inf"), delay)  # keeps the delay until the record is taken
+                self.retry[tp] = float("inf")  # waiting until the record is taken
 
     def _probe(self, consumer: Any) -> None:
         assigned = consumer.assignment()

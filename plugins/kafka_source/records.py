@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from relay.envelope import BadMessage, decode, reject
-from relay.event import Event
+from relay.api import BadMessage, Event, decode, reject
 
 from .ids import make_id
 from .settings import channel_for, producer_config
@@ -33,9 +32,9 @@ def to_event(record: Any, settings: dict) -> Event:
         raise BadMessage("no_value", "the record has no value (a tombstone)")
     event = decode(record.value, channel=channel_for(settings, record.topic), source="kafka",
                    format=settings["format"], event_name=settings["event_name"], max_size=settings["max_size"])
-    # The broker position is the id: the same on every worker, and resumable. An ``id`` in the
-    # envelope was validated but is not used.
-    event.id = make_id(record.topic, record.partition, record.offset, record.timestamp)
+    # The record's position is the id: the same on every worker. An ``id`` in the envelope was
+    # validated but is not used. The broadcast reader and the replay add cursors.
+    event.id = make_id(record.topic, record.partition, record.offset)
     return event
 
 

@@ -6,9 +6,7 @@ import os
 import socket
 from typing import Any
 
-from relay.config import Option, Section
-from relay.envelope import FORMATS
-from relay.event import InvalidEvent, check_name
+from relay.api import FORMATS, InvalidEvent, Option, Section, check_name
 
 SECTION = "sources.kafka"
 
@@ -100,8 +98,6 @@ SECTION_SCHEMA = Section(SECTION, (
     Option("max_size", int, 65536, "largest record value accepted, in bytes", env="RELAY_KAFKA_MAX_SIZE", min=1),
     Option("dead_letter_topic", str, "", "copy rejected records to this topic (empty: off)",
            env="RELAY_KAFKA_DEAD_LETTER_TOPIC", check=_check_name("topic")),
-    Option("resume_skew_ms", int, 1000, "on resume, other partitions restart this many ms before the "
-           "resumed record's timestamp", min=0),
     Option("replay_timeout", float, 5.0, "seconds a resume may spend reading Kafka", min=0.1),
     Option("replay_concurrency", int, 4, "resumes reading Kafka at once per worker", min=1),
     Option("probe_interval", float, 2.0, "seconds between broker health probes", min=0.1),
@@ -137,8 +133,10 @@ def consumer_config(settings: dict, role: str, group_id: str | None = None) -> d
     """kafka-python ``KafkaConsumer`` settings. relay decodes records itself: no deserializers,
     so an undecodable key or value never raises inside ``poll`` and never stalls a partition."""
     # Shorter than kafka-python's defaults (30 s): a broker that comes back is used within seconds.
+    # read_committed: records of aborted transactions never reach a browser or a webhook.
     config: dict[str, Any] = {"client_id": _client_id(role), "reconnect_backoff_max_ms": 5000,
-                              "bootstrap_timeout_ms": 10000, "check_crcs": native_crc32c()}
+                              "bootstrap_timeout_ms": 10000, "check_crcs": native_crc32c(),
+                              "isolation_level": "read_committed"}
     config.update(settings["consumer"])
     config.update(settings["security"])
     config.update(bootstrap_servers=list(settings["bootstrap_servers"]), group_id=group_id,

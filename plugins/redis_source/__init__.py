@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 
-from relay import hookimpl
+from relay.api import hookimpl, parse_stream_id
 
-from .messages import STREAM_SOURCE, parse_stream_id
+from .messages import STREAM_SOURCE
 from .settings import SECTION, SECTION_SCHEMA, RedisSettings
 from .source import RedisSource
 

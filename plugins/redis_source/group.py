@@ -23,15 +23,13 @@ import time
 import gevent
 import redis
 
-from relay.envelope import BadMessage, reject
+from relay.api import BadMessage, DurableOffers, reject
 
 from .link import Link, make_pool
 from .messages import SOURCE, from_stream
 
 log = logging.getLogger("relay.source.redis")
 
-RETRY_FIRST = 0.5  # seconds before a refused entry is offered again; doubles up to RETRY_MAX
-RETRY_MAX = 10.0
 
 
 class StreamGroupLink(Link):
@@ -41,8 +39,8 @@ class StreamGroupLink(Link):
         super().__init__(*args, **kwargs)
         self.client: redis.Redis | None = None
         self.consumer = ""
-        self.waiting: dict[str, tuple[float, float]] = {}  # stream -> (offer again at, delay)
-        self.taken: dict[str, set[str]] = {}  # entry id -> durable sinks that already took it
+        self.waiting: dict[str, float] = {}  # stream -> when to offer its refused entry again
+        self.offers = DurableOffers(self.relay)  # the offer-until-taken policy, with its backoff
         self.next_claim = 0.0
 
     def connect(self) -> None:
@@ -70,7 +68,7 @@ class StreamGroupLink(Link):
             if now >= self.next_claim:
                 self.next_claim = now + settings.claim_idle / 2
                 self._claim_abandoned()
-            due = {s: "0" for s, (at, _) in self.waiting.items() if now >= at}  # our own pending entries
+            due = {s: "0" for s, at in self.waiting.items() if now >= at}  # our own pending entries
             if due:
                 self._handle(client.xreadgroup(settings.group, self.consumer, due, count=settings.stream_batch))
             fresh = {s: ">" for s in settings.streams if s not in self.waiting}
@@ -78,7 +76,7 @@ class StreamGroupLink(Link):
                 self._handle(client.xreadgroup(settings.group, self.consumer, fresh, count=settings.stream_batch,
                                                block=block_ms))
             else:  # every stream waits for a sink: sleep until the first is due
-                self.stopping.wait(max(0.01, min(at for at, _ in self.waiting.values()) - time.monotonic()))
+                self.stopping.wait(max(0.01, min(self.waiting.values()) - time.monotonic()))
 
     def _claim_abandoned(self) -> None:
         """Take over entries a vanished member read but never acknowledged."""
@@ -114,17 +112,12 @@ class StreamGroupLink(Link):
                    repr(fields)[:200], exc)
             event = None
         if event is not None:
-            wanted = set(relay.durable_sinks()) - self.taken.get(entry_id, set())
-            taken = relay.deliver_durable(event, wanted)
-            if not taken >= wanted:
-                self.taken.setdefault(entry_id, set()).update(taken)
-                _, delay = self.waiting.get(stream, (0.0, RETRY_FIRST / 2))
-                delay = min(delay * 2, RETRY_MAX)
-                self.waiting[stream] = (time.monotonic() + delay, delay)
+            delay = self.offers.offer(event, key=entry_id, lane=stream)
+            if delay is not None:
+                self.waiting[stream] = time.monotonic() + delay
                 relay.stats.incr("redis_group_redeliveries")
                 log.warning("durable sink(s) %s refused %s entry %s; offering it again in %.1fs",
-                            ", ".join(sorted(wanted - taken)), stream, entry_id, delay)
+                            ", ".join(self.offers.refused), stream, entry_id, delay)
                 return False
-        self.taken.pop(entry_id, None)
         self.client.xack(stream, settings.group, entry_id)
         return True

@@ -7,17 +7,12 @@ source. The relay channel is the envelope's ``channel``, else ``channel_map`` of
 
 from __future__ import annotations
 
-import re
-
-from relay.backbone import check_chosen_id
-from relay.envelope import BadMessage, decode
-from relay.event import Event, InvalidEvent
+from relay.api import BadMessage, Event, InvalidEvent, check_chosen_id, decode
 
 from .settings import RedisSettings
 
 SOURCE = "redis"
 STREAM_SOURCE = "redis-streams"  # the source of stream events: durable sinks take them from the group
-STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")  # what XADD generates: <milliseconds>-<sequence>
 
 
 def _name(raw: bytes | str, what: str) -> str:
@@ -55,17 +50,11 @@ def from_stream(settings: RedisSettings, stream: str, entry_id: bytes | str, fie
         raise BadMessage("wrong_shape", f"the entry has no {settings.stream_field!r} field (it has {names or 'none'})")
     event = decode(payload, channel=settings.channel_map.get(stream, stream), source=STREAM_SOURCE,
                    format=settings.format, event_name=settings.event_name, max_size=settings.max_size)
-    # The entry id wins over an envelope's own id: it is what a client resumes from. It matches
-    # STREAM_ID (digits and one dash), so it needs none of Event's checks.
+    # The entry id wins over an envelope's own id: it is what a client resumes from. It is a stream
+    # entry id (digits and one dash, see relay.api.parse_stream_id), so it needs none of Event's checks.
     event.id = entry_id
     return event
 
 
 def _printable(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def parse_stream_id(text: str) -> tuple[int, int] | None:
-    """``(milliseconds, sequence)`` of a stream entry id, or ``None`` when ``text`` is not one."""
-    match = STREAM_ID.fullmatch(text)
-    return (int(match[1]), int(match[2])) if match else None

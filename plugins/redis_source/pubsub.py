@@ -3,24 +3,22 @@
 It reads the connection itself (redis-py's ``Connection``, not ``PubSub``) so that it alone
 decides when to reconnect, and so it can tell a live connection from a half-open one: after
 ``health_interval`` seconds of silence it sends a PING and, unlike redis-py's health check, waits
-for the answer; no answer within another ``health_interval`` means the connection is dead.
+for the answer; no answer within another ``health_interval`` means the connection is dead (the
+reading is :func:`plugins.redis_common.read_subscribed`, shared with the Redis backbone).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
-import gevent
 import redis
 
-from .link import Link, LinkDead, make_pool
+from plugins.redis_common import read_subscribed
+
+from .link import Link, make_pool
 from .messages import from_pubsub
 
 log = logging.getLogger("relay.source.redis")
-
-PING_TOKEN = "relay-health"
-YIELD_EVERY = 100  # messages read in a row before letting other greenlets (SSE writers) run
 
 
 class PubSubLink(Link):
@@ -46,34 +44,18 @@ class PubSubLink(Link):
             self.connection = None
 
     def serve(self) -> None:
-        conn, interval = self.connection, self.settings.health_interval
         expected = len(self.settings.channels) + len(self.settings.patterns)
         confirmed = 0
-        last_heard = time.monotonic()
-        ping_sent: float | None = None
-        in_a_row = 0
-        while not self.stopping.is_set():
-            # can_read may return early under gevent: every pass re-checks the clock.
-            if conn.can_read(timeout=min(1.0, interval / 2)):
-                reply = conn.read_response(push_request=True)
-                last_heard, ping_sent = time.monotonic(), None
-                if self.handle(reply):
-                    confirmed += 1
-                    if confirmed == expected:
-                        self.set_state("up", f"{len(self.settings.channels)} channel(s), "
-                                             f"{len(self.settings.patterns)} pattern(s)")
-                in_a_row += 1
-                if in_a_row >= YIELD_EVERY:
-                    in_a_row = 0
-                    gevent.sleep(0)
-                continue
-            in_a_row = 0
-            now = time.monotonic()
-            if ping_sent is not None and now - ping_sent > interval:
-                raise LinkDead(f"no answer to PING within {interval:g}s")
-            if ping_sent is None and now - last_heard >= interval:
-                conn.send_command("PING", PING_TOKEN)
-                ping_sent = now
+
+        def handle(reply) -> None:
+            nonlocal confirmed
+            if self.handle(reply):
+                confirmed += 1
+                if confirmed == expected:
+                    self.set_state("up", f"{len(self.settings.channels)} channel(s), "
+                                         f"{len(self.settings.patterns)} pattern(s)")
+
+        read_subscribed(self.connection, self.stopping, self.settings.health_interval, handle)
 
     def handle(self, reply) -> bool:
         """Deliver a message; returns True for a subscription confirmation."""

@@ -16,11 +16,9 @@ import logging
 
 import redis
 
-from relay.backbone import Replay
-from relay.envelope import BadMessage
-from relay.event import Event
+from relay.api import BadMessage, Event, Replay, parse_stream_id
 
-from .messages import from_stream, parse_stream_id
+from .messages import from_stream
 from .settings import RedisSettings
 
 log = logging.getLogger("relay.source.redis")

@@ -6,18 +6,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Option, Section
-from relay.envelope import FORMATS
-from relay.event import InvalidEvent, check_name
+from relay.api import FORMATS, REDIS_URL_SCHEMES, InvalidEvent, Option, Section, check_name
 
 SECTION = "sources.redis"
 GLOB_CHARACTERS = "*?["  # an entry of `channels` holding one of these is a PSUBSCRIBE pattern
-URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _check_url(url: str) -> str | None:
-    if url and not url.startswith(URL_SCHEMES):
-        return f"{url!r} is not a Redis URL; it must start with {', '.join(URL_SCHEMES)}"
+    if url and not url.startswith(REDIS_URL_SCHEMES):
+        return f"{url!r} is not a Redis URL; it must start with {', '.join(REDIS_URL_SCHEMES)}"
     return None
 
 

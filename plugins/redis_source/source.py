@@ -7,18 +7,17 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from relay.backbone import Replay
-from relay.source import Source
+from relay.api import Replay, Source
 
 from . import replay as replay_module
-from .link import Link
 from .group import StreamGroupLink
+from .link import Link
 from .pubsub import PubSubLink
 from .settings import RedisSettings
 from .streams import StreamsLink, Unavailable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from relay.runtime import Relay
+    from relay.api import Relay
 
 log = logging.getLogger("relay.source.redis")
 

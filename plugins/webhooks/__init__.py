@@ -3,9 +3,11 @@ Webhooks, stored before it is acknowledged, retried on a schedule, dead-lettered
 
 Modules, one job each: :mod:`~plugins.webhooks.settings` (configuration keys),
 :mod:`~plugins.webhooks.signing` (body and signature), :mod:`~plugins.webhooks.ssrf` and
-:mod:`~plugins.webhooks.client` (guarded HTTP), :mod:`~plugins.webhooks.store_sqlite` and
-:mod:`~plugins.webhooks.store_redis` (durable queue), :mod:`~plugins.webhooks.delivery`
-(accepting and retrying), :mod:`~plugins.webhooks.api` (admin HTTP API). See docs/webhooks.md.
+:mod:`~plugins.webhooks.client` (guarded HTTP), :mod:`~plugins.webhooks.store` (the durable
+queue's interface) with :mod:`~plugins.webhooks.store_sqlite` and :mod:`~plugins.webhooks.store_redis`
+(its two implementations), :mod:`~plugins.webhooks.delivery` (accepting and retrying),
+:mod:`~plugins.webhooks.api` (admin HTTP API; its routes in :mod:`~plugins.webhooks.routes`,
+their shared parts in :mod:`~plugins.webhooks.admin`). See docs/webhooks.md.
 
 The sink is idle (no store file, no greenlet) unless endpoints are configured or the admin API
 is on (``admin_token``).
@@ -17,7 +19,7 @@ import logging
 
 from plugins.webhooks.delivery import Dispatcher, Sink
 from plugins.webhooks.settings import SECTION, SECTIONS
-from relay import hookimpl
+from relay.api import hookimpl
 
 log = logging.getLogger("relay.webhooks")
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from relay.cli_support import CommandError, add_client_options, call, fail, print_json, print_table
+from relay.api import CommandError, add_client_options, call, fail, print_json, print_table
 
 TOKEN_HELP = "the admin token (sinks.webhooks.admin_token; default: $RELAY_WEBHOOKS_ADMIN_TOKEN)"
 STATUSES = ("pending", "succeeded", "dead", "cancelled")
@@ -235,8 +234,3 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     for name in ("enable", "disable"):
         endpoint_arg(action(name, _toggle, f"{name} an endpoint"))
 
-
-if __name__ == "__main__":  # pragma: no cover - use `relay webhooks`
-    from relay.cli import main
-
-    sys.exit(main(["webhooks", *sys.argv[1:]]))

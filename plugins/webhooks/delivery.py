@@ -28,9 +28,7 @@ from plugins.webhooks import client, signing
 from plugins.webhooks.model import DEAD, PENDING, SUCCEEDED, Attempt, Delivery, Endpoint
 from plugins.webhooks.settings import config_endpoint_id, redact_url
 from plugins.webhooks.ssrf import AddressPolicy
-from relay.client import parse_retry_after
-from relay.config import ConfigError
-from relay.source import Source
+from relay.api import REDIS_URL_SCHEMES, ConfigError, Source, parse_retry_after
 
 log = logging.getLogger("relay.webhooks")
 
@@ -42,7 +40,7 @@ RETRYABLE_STATUS = frozenset({408, 429})
 
 def open_store(settings: dict[str, Any], data_dir: str):
     url = settings["store"]
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_URL_SCHEMES):
         from plugins.webhooks.store_redis import RedisStore
 
         return RedisStore(url, settings["key_prefix"], settings["retention"])

@@ -12,7 +12,7 @@ import hashlib
 import urllib.parse
 from typing import Any
 
-from relay.config import Option, Section, check_networks
+from relay.api import REDIS_URL_SCHEMES, Option, Section, check_networks
 
 SECTION = "sinks.webhooks"
 ENDPOINTS_SECTION = "sinks.webhooks.endpoints"
@@ -91,7 +91,7 @@ def _check_admin_token(token: str) -> str | None:
 
 
 def _check_store(store: str) -> str | None:
-    if store in ("", "sqlite") or store.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+    if store in ("", "sqlite") or store.startswith(("sqlite:///", *REDIS_URL_SCHEMES)):
         return None
     return f"{store!r}: use 'redis://host:port/db', 'sqlite:///path/file.db', or leave it empty (SQLite in data_dir)"
 

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from plugins.webhooks.model import CANCELLED, DEAD, PENDING, Attempt, Delivery, Endpoint
+from plugins.webhooks.store import ENDPOINT_DELETED, Store
 
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -99,11 +100,12 @@ end
 return 0
 """
 
-_STATE = ("origin", "enabled", "disabled_reason", "failing_since")
 ATTEMPT_LOG_SIZE = 10000  # attempts kept per endpoint
 
 
-class RedisStore:
+class RedisStore(Store):
+    """The :class:`~plugins.webhooks.store.Store` contract in Redis (see above)."""
+
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "relay:webhooks", retention: float = 7 * 86400):
@@ -149,20 +151,10 @@ class RedisStore:
     def _endpoint(self, fields: dict[bytes, bytes]) -> Endpoint | None:
         if not fields or b"data" not in fields:
             return None
-        data = json.loads(fields[b"data"])
-        data["origin"] = fields.get(b"origin", b"api").decode()
-        data["enabled"] = fields.get(b"enabled", b"1") == b"1"
-        data["disabled_reason"] = fields.get(b"disabled_reason", b"").decode()
         since = fields.get(b"failing_since")
-        data["failing_since"] = float(since) if since else None
-        return Endpoint.from_dict(data)
-
-    @staticmethod
-    def _settings(endpoint: Endpoint) -> str:
-        data = endpoint.to_dict()
-        for key in _STATE:
-            data.pop(key)
-        return json.dumps(data)
+        return self.stored_endpoint(fields[b"data"], fields.get(b"origin", b"api").decode(),
+                                    fields.get(b"enabled", b"1") == b"1",
+                                    fields.get(b"disabled_reason", b"").decode(), float(since) if since else None)
 
     def list_endpoints(self) -> list[Endpoint]:
         ids = sorted(i.decode() for i in self.redis.smembers(self._key("endpoints")))
@@ -177,24 +169,11 @@ class RedisStore:
     def save_endpoint(self, endpoint: Endpoint) -> None:
         key = self._key("endpoint", endpoint.id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"data": self._settings(endpoint), "origin": endpoint.origin})
+        pipe.hset(key, mapping={"data": self.endpoint_settings(endpoint), "origin": endpoint.origin})
         pipe.hsetnx(key, "enabled", "1" if endpoint.enabled else "0")  # keep the health state
         pipe.hsetnx(key, "disabled_reason", endpoint.disabled_reason)
         pipe.sadd(self._key("endpoints"), endpoint.id)
         pipe.execute()
-
-    def sync_config_endpoints(self, endpoints: list[Endpoint]) -> None:
-        keep = {e.id for e in endpoints}
-        for endpoint in endpoints:
-            existing = self.get_endpoint(endpoint.id)
-            if existing is not None:
-                endpoint.created_at = existing.created_at
-                if self._settings(existing) == self._settings(endpoint):
-                    continue
-            self.save_endpoint(endpoint)
-        for endpoint in self.list_endpoints():
-            if endpoint.origin == "config" and endpoint.id not in keep:
-                self.delete_endpoint(endpoint.id)
 
     def delete_endpoint(self, endpoint_id: str) -> bool:
         removed = self.redis.srem(self._key("endpoints"), endpoint_id)
@@ -202,7 +181,7 @@ class RedisStore:
         due = self._key("due", endpoint_id)
         for raw in self.redis.zrange(due, 0, -1):
             key = self._key("d", raw.decode())
-            self.redis.hset(key, mapping={"status": CANCELLED, "last_error": "endpoint deleted",
+            self.redis.hset(key, mapping={"status": CANCELLED, "last_error": ENDPOINT_DELETED,
                                           "completed_at": time.time()})
             self.redis.expire(key, self.retention)
         self.redis.delete(due)
@@ -219,7 +198,7 @@ class RedisStore:
         return True
 
     def note_result(self, endpoint_id: str, ok: bool, now: float, disable_after: float) -> bool:
-        reason = f"failing continuously for more than {disable_after:g}s"
+        reason = self.failure_reason(disable_after)
         return bool(self._script("note_result", [self._key("endpoint", endpoint_id)],
                                  ["1" if ok else "0", repr(now), repr(disable_after), reason]))
 
@@ -260,13 +239,6 @@ class RedisStore:
     def due(self, endpoint_id: str, now: float, limit: int) -> list[str]:
         return [i.decode() for i in self.redis.zrangebyscore(self._key("due", endpoint_id), "-inf", now, 0, limit)]
 
-    def next_due(self) -> float | None:
-        pipe = self.redis.pipeline(transaction=False)
-        for endpoint_id in self.redis.smembers(self._key("endpoints")):
-            pipe.zrange(self._key("due", endpoint_id.decode()), 0, 0, withscores=True)
-        scores = [entries[0][1] for entries in pipe.execute() if entries]
-        return min(scores) if scores else None
-
     def claim(self, delivery_id: str, owner: str, now: float, lease: float) -> Delivery | None:
         key = self._key("d", delivery_id)
         endpoint_id = self.redis.hget(key, "endpoint_id")
@@ -280,7 +252,7 @@ class RedisStore:
     def finish(self, delivery: Delivery, owner: str, status: str, next_attempt_at: float,
                attempt: Attempt) -> bool:
         completed = "" if status == PENDING else repr(time.time())
-        record = json.dumps({k: getattr(attempt, k) for k in Attempt.__dataclass_fields__})
+        record = json.dumps(self.attempt_record(attempt))
         return bool(self._script(
             "finish",
             [self._key("d", delivery.id), self._key("due", delivery.endpoint_id),
@@ -323,7 +295,8 @@ class RedisStore:
         return found[:limit]
 
     def attempts(self, endpoint_id: str, delivery_id: str | None = None, limit: int = 100) -> list[Attempt]:
-        records = [Attempt(**json.loads(raw)) for raw in self.redis.lrange(self._key("attempts", endpoint_id), 0, -1)]
+        log = self.redis.lrange(self._key("attempts", endpoint_id), 0, -1)
+        records = [self.stored_attempt(json.loads(raw)) for raw in log]
         if delivery_id:
             records = [a for a in records if a.delivery_id == delivery_id]
         return records[:limit]

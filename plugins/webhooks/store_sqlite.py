@@ -17,7 +17,6 @@ the umask (see :func:`private_directory` for the directory).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sqlite3
@@ -26,6 +25,7 @@ import time
 from typing import Any
 
 from plugins.webhooks.model import CANCELLED, DEAD, PENDING, SUCCEEDED, Attempt, Delivery, Endpoint
+from plugins.webhooks.store import ATTEMPT_FIELDS, DELIVERY_FIELDS, ENDPOINT_DELETED, Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -73,12 +73,13 @@ log = logging.getLogger("relay.webhooks")
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
-_ENDPOINT_STATE = ("origin", "enabled", "disabled_reason", "failing_since")
-_DELIVERY_COLUMNS = ("id", "endpoint_id", "event_id", "channel", "event_type", "body", "created_at", "status",
-                     "attempts", "next_attempt_at", "lease_owner", "last_status", "last_error", "completed_at")
+_ATTEMPT_INSERT = (f"INSERT INTO attempts ({', '.join(ATTEMPT_FIELDS)}) "
+                   f"VALUES ({', '.join('?' * len(ATTEMPT_FIELDS))})")
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
+    """The :class:`~plugins.webhooks.store.Store` contract in one SQLite file (see above)."""
+
     kind = "sqlite"
 
     def __init__(self, path: str, synchronous: str = "full"):
@@ -132,19 +133,9 @@ class SQLiteStore:
 
     # -- endpoints -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _endpoint(row: sqlite3.Row) -> Endpoint:
-        data = json.loads(row["data"])
-        data.update({k: row[k] for k in _ENDPOINT_STATE})
-        data["enabled"] = bool(data["enabled"])
-        return Endpoint.from_dict(data)
-
-    @staticmethod
-    def _settings(endpoint: Endpoint) -> str:
-        data = endpoint.to_dict()
-        for key in _ENDPOINT_STATE:
-            data.pop(key)
-        return json.dumps(data)
+    def _endpoint(self, row: sqlite3.Row) -> Endpoint:
+        return self.stored_endpoint(row["data"], row["origin"], bool(row["enabled"]), row["disabled_reason"],
+                                    row["failing_since"])
 
     def list_endpoints(self) -> list[Endpoint]:
         rows = self.db.execute("SELECT * FROM endpoints ORDER BY id").fetchall()
@@ -159,28 +150,14 @@ class SQLiteStore:
         self._write([(
             "INSERT INTO endpoints (id, data, origin, enabled, disabled_reason) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET data = excluded.data, origin = excluded.origin",
-            (endpoint.id, self._settings(endpoint), endpoint.origin, int(endpoint.enabled),
+            (endpoint.id, self.endpoint_settings(endpoint), endpoint.origin, int(endpoint.enabled),
              endpoint.disabled_reason))])
-
-    def sync_config_endpoints(self, endpoints: list[Endpoint]) -> None:
-        """Make the config endpoints in the store those of the configuration file."""
-        keep = {e.id for e in endpoints}
-        for endpoint in endpoints:
-            existing = self.get_endpoint(endpoint.id)
-            if existing is not None:
-                endpoint.created_at = existing.created_at
-                if self._settings(existing) == self._settings(endpoint):
-                    continue  # unchanged: no write, so four workers starting together do not contend
-            self.save_endpoint(endpoint)
-        for endpoint in self.list_endpoints():
-            if endpoint.origin == "config" and endpoint.id not in keep:
-                self.delete_endpoint(endpoint.id)
 
     def delete_endpoint(self, endpoint_id: str) -> bool:
         counts = self._write([
             ("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)),
-            ("UPDATE deliveries SET status = ?, completed_at = ?, last_error = 'endpoint deleted' "
-             "WHERE endpoint_id = ? AND status = ?", (CANCELLED, time.time(), endpoint_id, PENDING)),
+            ("UPDATE deliveries SET status = ?, completed_at = ?, last_error = ? "
+             "WHERE endpoint_id = ? AND status = ?", (CANCELLED, time.time(), ENDPOINT_DELETED, endpoint_id, PENDING)),
         ])
         return counts[0] > 0
 
@@ -197,7 +174,7 @@ class SQLiteStore:
             self._write([("UPDATE endpoints SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL",
                           (endpoint_id,))])
             return False
-        reason = f"failing continuously for more than {disable_after:g}s"
+        reason = self.failure_reason(disable_after)
         counts = self._write([
             ("UPDATE endpoints SET failing_since = ? WHERE id = ? AND failing_since IS NULL", (now, endpoint_id)),
             ("UPDATE endpoints SET enabled = 0, disabled_reason = ? WHERE id = ? AND enabled = 1 "
@@ -209,7 +186,7 @@ class SQLiteStore:
 
     @staticmethod
     def _delivery(row: sqlite3.Row) -> Delivery:
-        data = {k: row[k] for k in _DELIVERY_COLUMNS}
+        data = {k: row[k] for k in DELIVERY_FIELDS}
         data["body"] = bytes(data["body"])
         return Delivery(**data)
 
@@ -217,9 +194,9 @@ class SQLiteStore:
         """Store new deliveries; one already stored (same webhook-id) is left as it is."""
         if not deliveries:
             return 0
-        sql = (f"INSERT OR IGNORE INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(_DELIVERY_COLUMNS))})")
-        counts = self._write([(sql, tuple(getattr(d, c) for c in _DELIVERY_COLUMNS)) for d in deliveries])
+        sql = (f"INSERT OR IGNORE INTO deliveries ({', '.join(DELIVERY_FIELDS)}) "
+               f"VALUES ({', '.join('?' * len(DELIVERY_FIELDS))})")
+        counts = self._write([(sql, tuple(getattr(d, c) for c in DELIVERY_FIELDS)) for d in deliveries])
         return sum(counts)
 
     def due(self, endpoint_id: str, now: float, limit: int) -> list[str]:
@@ -227,10 +204,6 @@ class SQLiteStore:
             "SELECT id FROM deliveries WHERE endpoint_id = ? AND status = ? AND next_attempt_at <= ? "
             "ORDER BY next_attempt_at LIMIT ?", (endpoint_id, PENDING, now, limit)).fetchall()
         return [row["id"] for row in rows]
-
-    def next_due(self) -> float | None:
-        row = self.db.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = ?", (PENDING,)).fetchone()
-        return row[0]
 
     def claim(self, delivery_id: str, owner: str, now: float, lease: float) -> Delivery | None:
         """Take a due delivery for one attempt; ``None`` if another worker took it first."""
@@ -247,10 +220,7 @@ class SQLiteStore:
         attempt is still logged; another worker owns the delivery now)."""
         completed = None if status == PENDING else time.time()
         counts = self._write([
-            ("INSERT INTO attempts (delivery_id, endpoint_id, attempt, started_at, status_code, latency_ms, error, "
-             "response, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-             (attempt.delivery_id, attempt.endpoint_id, attempt.attempt, attempt.started_at, attempt.status_code,
-              attempt.latency_ms, attempt.error, attempt.response, attempt.outcome)),
+            (_ATTEMPT_INSERT, tuple(self.attempt_record(attempt).values())),
             ("UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = '', last_status = ?, "
              "last_error = ?, completed_at = ? WHERE id = ? AND lease_owner = ? AND status = ?",
              (status, next_attempt_at, attempt.status_code, attempt.error, completed, delivery.id, owner, PENDING)),
@@ -282,7 +252,7 @@ class SQLiteStore:
         if delivery_id:
             sql, params = sql + " AND delivery_id = ?", params + [delivery_id]
         rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
-        return [Attempt(**{k: row[k] for k in Attempt.__dataclass_fields__}) for row in rows]
+        return [self.stored_attempt(row) for row in rows]
 
     def requeue(self, ids: list[str], now: float) -> int:
         """Send these deliveries again from the first attempt (same webhook-id). Pending ones and

@@ -8,8 +8,7 @@
 import fnmatch
 import json
 
-from relay import hookimpl
-from relay.config import Option, Section
+from relay.api import Option, Section, hookimpl
 
 
 @hookimpl

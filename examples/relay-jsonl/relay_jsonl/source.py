@@ -5,9 +5,7 @@
     channel = "files"      # for lines that name no channel
 """
 
-from relay import Source, hookimpl
-from relay.config import Option, Section
-from relay.envelope import BadMessage, decode, reject
+from relay.api import BadMessage, Option, Section, Source, decode, hookimpl, reject
 
 
 class TailSource(Source):
