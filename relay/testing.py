@@ -258,7 +258,7 @@ class SSEClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"no event on {self.url} within the timeout")
-            if not self.read_some(remaining):
+            if not self.read_some(remaining) and not self._ready:  # the end may come in one read with the last event
                 raise AssertionError(f"the stream {self.url} ended while waiting for an event")
         return self._ready.pop(0)
 

@@ -93,26 +93,23 @@ def partitions(consumer: Any, topics: list[str], timeout: float = CALL_TIMEOUT) 
 
 
 def end_offsets(consumer: Any, tps: list[Any], timeout: float = CALL_TIMEOUT) -> dict[Any, int]:
-    """The log-end offsets of ``tps``: also the source's health probe."""
-    from kafka.errors import KafkaError
-
-    if not tps:
-        return {}
-    try:
-        with gevent.Timeout(timeout + 1, BrokerUnavailable(f"no offsets within {timeout:g}s")):
-            return consumer.end_offsets(tps, timeout_ms=int(timeout * 1000))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
+    """The log-end offsets of ``tps`` (the last stable ones, read_committed): also the source's
+    health probe."""
+    return _offsets(consumer.end_offsets, tps, timeout)
 
 
 def beginning_offsets(consumer: Any, tps: list[Any], timeout: float = CALL_TIMEOUT) -> dict[Any, int]:
+    return _offsets(consumer.beginning_offsets, tps, timeout)
+
+
+def _offsets(ask: Any, tps: list[Any], timeout: float) -> dict[Any, int]:
     from kafka.errors import KafkaError
 
     if not tps:
         return {}
     try:
         with gevent.Timeout(timeout + 1, BrokerUnavailable(f"no offsets within {timeout:g}s")):
-            return consumer.beginning_offsets(tps, timeout_ms=int(timeout * 1000))
+            return ask(tps, timeout_ms=int(timeout * 1000))
     except KafkaError as exc:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
 
