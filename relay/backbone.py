@@ -165,28 +165,9 @@ def merge_replays(replays: list[Replay], limit: int) -> Replay:
     if len(events) > limit:
         events, complete = events[-limit:], False
     reasons = [r.reason for r in replays if not r.complete]
-    follows = [r.follow for r in replays if r.follow is not None]
-    return Replay(events, complete, reasons[0] if reasons else ("" if complete else "evicted"),
-                  follows[0] if len(follows) == 1 else (_Chain(follows) if follows else None))
-
-
-class _Chain:
-    """Several replays' ``follow`` functions applied in turn, done when all are."""
-
-    def __init__(self, follows: list):
-        self.follows = follows
-
-    @property
-    def done(self) -> bool:
-        return all(getattr(f, "done", False) for f in self.follows)
-
-    def __call__(self, event):
-        for follow in self.follows:
-            if event is None:
-                return None
-            if not getattr(follow, "done", False):
-                event = follow(event)
-        return event
+    # relay_replay stops at the first answer and the backbone's storage has no follow: at most one.
+    follow = next((r.follow for r in replays if r.follow is not None), None)
+    return Replay(events, complete, reasons[0] if reasons else ("" if complete else "evicted"), follow)
 
 
 class BackboneUnavailable(RuntimeError):
