@@ -123,7 +123,83 @@ class _SSEProtocol(asyncio.Protocol):
             self.ready.set_result(0)
 
 
-def _worker(pipe, host: str, port: int, path: str, cpus=None) -> None:
+class _ChunkedSSEProtocol(_SSEProtocol):
+    """The same, for a server whose chunked response may split an event between two chunks
+    (Go's net/http, used by Centrifugo, cuts a chunk wherever its 2 KB buffer fills): the chunk
+    framing is removed before the events are parsed. Centrifugo's uni_sse events are
+    ``data: {"channel":"bench","pub":{"data":<the published data>}}``: the published JSON is kept
+    byte for byte, so the same ``"seq"``/``"ts"`` expression reads it."""
+
+    __slots__ = ("chunk_left", "chunk_pending", "chunk_skip", "dechunk")
+
+    def __init__(self, st: _State, request: bytes, ready: asyncio.Future):
+        super().__init__(st, request, ready)
+        self.chunk_left = 0  # bytes of the current chunk still to come
+        self.chunk_skip = 0  # bytes of the CRLF after a chunk's data still to skip
+        self.chunk_pending = b""  # an incomplete chunk-size line
+        self.dechunk = False
+
+    def data_received(self, data: bytes):
+        if self.head is not None:
+            seen = len(self.head)
+            head = self.head + data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self.head = head
+                return
+            split = end + 4 - seen
+            super().data_received(data[:split])  # status line and headers only
+            if self.head is not None or self.status != 200:
+                return
+            self.dechunk = b"\r\ntransfer-encoding: chunked" in head[:end + 2].lower()
+            data = data[split:]
+        if self.dechunk:
+            if not (self.chunk_left or self.chunk_skip or self.chunk_pending):
+                # The common read: exactly one whole chunk.
+                eol = data.find(b"\r\n", 0, 10)
+                if eol > 0:
+                    try:
+                        end = eol + 2 + int(data[:eol], 16)
+                    except ValueError:
+                        end = -1
+                    if end > eol + 2 and len(data) == end + 2 and data.endswith(b"\r\n"):
+                        _SSEProtocol.data_received(self, data[eol + 2:end])
+                        return
+            data = self._unchunk(data)
+        if data:
+            _SSEProtocol.data_received(self, data)
+
+    def _unchunk(self, data: bytes) -> bytes:
+        if self.chunk_pending:
+            data, self.chunk_pending = self.chunk_pending + data, b""
+        out = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.chunk_left:
+                take = min(self.chunk_left, n - pos)
+                out.append(data[pos:pos + take])
+                pos += take
+                self.chunk_left -= take
+                if not self.chunk_left:
+                    self.chunk_skip = 2
+            elif self.chunk_skip:
+                take = min(self.chunk_skip, n - pos)
+                pos += take
+                self.chunk_skip -= take
+            else:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self.chunk_pending = data[pos:]
+                    break
+                size = int(data[pos:eol].split(b";", 1)[0], 16)
+                pos = eol + 2
+                if not size:  # the last chunk: the response is over
+                    break
+                self.chunk_left = size
+        return b"".join(out)
+
+
+def _worker(pipe, host: str, port: int, path: str, cpus=None, chunked: bool = False) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
@@ -137,6 +213,7 @@ def _worker(pipe, host: str, port: int, path: str, cpus=None) -> None:
     asyncio.set_event_loop(loop)
     st = _State()
     protocols: list[_SSEProtocol] = []
+    protocol = _ChunkedSSEProtocol if chunked else _SSEProtocol
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
                "Cache-Control: no-cache\r\n\r\n").encode()
 
@@ -154,7 +231,7 @@ def _worker(pipe, host: str, port: int, path: str, cpus=None) -> None:
             made: list[_SSEProtocol] = []
 
             def factory():
-                proto = _SSEProtocol(st, request, ready)
+                proto = protocol(st, request, ready)
                 protocols.append(proto)
                 made.append(proto)
                 return proto
@@ -254,13 +331,14 @@ class Collected:
 class LoadClient:
     """``processes`` worker processes holding SSE connections to ``http://host:port{path}``."""
 
-    def __init__(self, host: str, port: int, path: str, processes: int = 3, cpus=None):
+    def __init__(self, host: str, port: int, path: str, processes: int = 3, cpus=None, chunked: bool = False):
+        """``chunked``: undo HTTP chunking before parsing (servers that split events across chunks)."""
         ctx = multiprocessing.get_context("fork")
         self.pipes = []
         self.procs = []
         for _ in range(processes):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(theirs, host, port, path, cpus), daemon=True)
+            proc = ctx.Process(target=_worker, args=(theirs, host, port, path, cpus, chunked), daemon=True)
             proc.start()
             self.pipes.append(ours)
             self.procs.append(proc)
@@ -356,6 +434,11 @@ class LoadClient:
 BODY = "x" * 64  # a payload about the size of a chat message or a small state change
 
 
+def bare_data(seq: int, ts: float) -> str:
+    """The data alone, for a system that gets it through its own publish API (Centrifugo)."""
+    return json.dumps({"seq": seq, "ts": ts, "body": BODY}, separators=(",", ":"))
+
+
 def payload(system: str, seq: int, ts: float) -> str:
     data = {"seq": seq, "ts": ts, "body": BODY}
     if system == "flask-sse":  # what flask_sse.sse.publish() writes
@@ -363,15 +446,94 @@ def payload(system: str, seq: int, ts: float) -> str:
     return json.dumps({"event": "bench", "data": data}, separators=(",", ":"))  # relay's envelope
 
 
-def _publisher(pipe, redis_port: int, channel: str, system: str, lo: int, count: int, rate: float,
-               cpus=None) -> None:
-    import redis
+class _HTTPAPIPublisher:
+    """Publishes through a server HTTP API (Centrifugo's ``POST /api/publish`` with its API key).
 
+    Open loop, like ``PUBLISH`` to Redis: requests are pipelined on one keep-alive connection at
+    the paced times and a thread reads the answers, so a server that answers late makes its
+    deliveries late (measured) instead of slowing the publisher down (hidden). One connection
+    keeps the order: Go's HTTP/1.1 server handles a connection's requests one after another."""
+
+    def __init__(self, port: int, key: str):
+        import threading
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(None)
+        self.head = (f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {key}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: ").encode()
+        self.sent = self.answered = 0
+        self.error: str | None = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def publish(self, channel: str, data: str) -> None:
+        if self.error:
+            raise RuntimeError(self.error)
+        body = f'{{"channel":{json.dumps(channel)},"data":{data}}}'.encode()
+        self.sock.sendall(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.sent += 1
+
+    def _read(self) -> None:
+        f = self.sock.makefile("rb")
+        try:
+            while True:
+                status = f.readline()
+                if not status:
+                    return
+                length = None
+                while True:
+                    line = f.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length is None:
+                    self.error = f"answer without Content-Length: {status!r}"
+                    return
+                body = f.read(length)
+                if status.split()[1:2] != [b"200"] or b'"error"' in body:
+                    self.error = f"publish failed: {status.strip()!r} {body[:300]!r}"
+                    return
+                self.answered += 1
+        except (OSError, ValueError) as exc:
+            if self.answered < self.sent and not self.error:
+                self.error = f"reading answers: {exc!r}"
+
+    def finish(self, timeout: float = 15.0) -> int:
+        """Wait (at most ``timeout``) until every request is answered; raise the first failure.
+        Returns how many are still unanswered: an overloaded server's, whose deliveries then
+        count as late or lost like any other system's."""
+        deadline = time.monotonic() + timeout
+        while self.answered < self.sent and not self.error and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.sent - self.answered
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _publisher(pipe, redis_port: int, channel: str, system: str, lo: int, count: int, rate: float,
+               cpus=None, http_api=None) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
+    try:
+        if http_api:
+            client = _HTTPAPIPublisher(*http_api)
+        else:
+            import redis
 
-    client = redis.Redis(host="127.0.0.1", port=redis_port, client_name="bench-publisher")
-    client.ping()
+            client = redis.Redis(host="127.0.0.1", port=redis_port, client_name="bench-publisher")
+            client.ping()
+    except Exception as exc:  # noqa: BLE001 - tell the coordinator instead of dying silently
+        pipe.send(("error", repr(exc)))
+        return
     pipe.send(("ready",))
     pipe.recv()  # go
     interval = 1.0 / rate
@@ -384,25 +546,48 @@ def _publisher(pipe, redis_port: int, channel: str, system: str, lo: int, count:
             time.sleep(due - now)
         else:
             behind = max(behind, now - due)
-        client.publish(channel, payload(system, lo + i, time.time()))
+        try:
+            client.publish(channel, bare_data(lo + i, time.time()) if http_api else payload(system, lo + i, time.time()))
+        except Exception as exc:  # noqa: BLE001
+            pipe.send(("error", f"message {i} of {count}: {exc!r}"))
+            client.close()
+            return
     elapsed = time.perf_counter() - started
-    pipe.send(("done", elapsed, behind))
+    extra = {}
+    if http_api:
+        try:
+            unanswered = client.finish()
+        except RuntimeError as exc:
+            pipe.send(("error", str(exc)))
+            client.close()
+            return
+        # How long after the last request the server's answers kept coming: its own backlog.
+        extra = {"api_answers_after_s": round(time.perf_counter() - started - elapsed, 3),
+                 "api_unanswered": unanswered}
+    pipe.send(("done", elapsed, behind, extra))
     client.close()
 
 
 class Publisher:
     """Publishes ``count`` messages at ``rate`` per second from its own process."""
 
-    def __init__(self, redis_port: int, channel: str, system: str, lo: int, count: int, rate: float, cpus=None):
+    def __init__(self, redis_port: int, channel: str, system: str, lo: int, count: int, rate: float, cpus=None,
+                 http_api: tuple[int, str] | None = None):
+        """``http_api``: (port, key) to publish through Centrifugo's server API instead of Redis."""
         ctx = multiprocessing.get_context("fork")
         self.pipe, theirs = ctx.Pipe()
-        self.proc = ctx.Process(target=_publisher, args=(theirs, redis_port, channel, system, lo, count, rate, cpus),
+        self.proc = ctx.Process(target=_publisher,
+                                args=(theirs, redis_port, channel, system, lo, count, rate, cpus, http_api),
                                 daemon=True)
         self.proc.start()
         if not self.pipe.poll(10):
             raise TimeoutError("publisher did not start")
-        self.pipe.recv()
+        answer = self.pipe.recv()
+        if answer[0] == "error":
+            self.proc.join(5)
+            raise RuntimeError(f"publisher could not start: {answer[1]}")
         self.started_at = 0.0
+        self.extra: dict = {}  # HTTP API publishing: api_answers_after_s, api_unanswered
 
     def go(self) -> None:
         self.started_at = time.time()
@@ -413,7 +598,10 @@ class Publisher:
         try:
             if not self.pipe.poll(timeout):
                 raise TimeoutError("publisher did not finish in time")
-            _, elapsed, behind = self.pipe.recv()
+            answer = self.pipe.recv()
+            if answer[0] == "error":
+                raise RuntimeError(f"publisher failed: {answer[1]}")
+            _, elapsed, behind, self.extra = answer
             return elapsed, behind
         finally:
             self.proc.join(5)

@@ -1,6 +1,6 @@
-"""relay's fan-out benchmark, against Flask-SSE and the Node server from the talk, in one run.
+"""relay's fan-out benchmark, against Flask-SSE, the Node server from the talk and Centrifugo, in one run.
 
-    python -m benchmarks.run                 # every scenario, all three systems (~15 minutes)
+    python -m benchmarks.run                 # every scenario, every system (~15 minutes without Centrifugo)
     python -m benchmarks.run --quick         # small sizes, short runs (~2 minutes)
     python -m benchmarks.run --systems relay --scenarios fanout-100x200
 
@@ -57,7 +57,8 @@ class Bench:
         lo = self.block * SEQ_BLOCK
         count = max(1, int(round(rate * seconds)))
         load.record(lo, lo + count)
-        publisher = Publisher(self.redis.port, CHANNEL, system.name, lo, count, rate, cpus=servers.PIN["load"])
+        publisher = Publisher(self.redis.port, CHANNEL, system.name, lo, count, rate, cpus=servers.PIN["load"],
+                              http_api=system.http_api())
         expected = max(1, count * clients)
         server_cpu0, load_cpu0 = procstat.cpu_seconds(system.pids()), load.cpu_seconds()
         redis_cpu0 = self.redis.cpu_seconds()
@@ -92,7 +93,7 @@ class Bench:
         received_unique = collected.received - collected.duplicates
         return {
             "clients": clients, "rate": rate, "messages": count, "publish_seconds": round(publish_seconds, 3),
-            "publisher_worst_lag_ms": round(behind * 1000, 1),
+            "publisher_worst_lag_ms": round(behind * 1000, 1), **publisher.extra,
             "expected": expected, "received": received_unique,
             "lost": max(0, expected - received_unique), "loss_pct": round(100.0 * max(0, expected - received_unique) / expected, 3),
             "out_of_order": collected.out_of_order, "duplicates": collected.duplicates,
@@ -110,7 +111,7 @@ class Bench:
 
     def start_profiler(self, system, seconds: float):
         """``--profile DIR``: py-spy samples the Python server's worker while it publishes."""
-        if not self.args.profile or system.name not in ("relay", "flask-sse"):
+        if not self.args.profile or system.name not in ("relay", "relay-allcores", "flask-sse"):
             return None
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         worker = system.pids()[-1]  # gunicorn's arbiter first, then its one worker
@@ -128,7 +129,8 @@ class Bench:
         out: dict = {"load_average_before": procstat.load_average()}
         redis_before = self.redis.server_connections()
         system.start(self.redis)
-        load = LoadClient("127.0.0.1", system.port, system.stream_path, self.args.processes, cpus=servers.PIN["load"])
+        load = LoadClient("127.0.0.1", system.port, system.stream_path, self.args.processes, cpus=servers.PIN["load"],
+                          chunked=system.chunked)
         try:
             time.sleep(0.5)
             pids = system.pids()
@@ -377,8 +379,10 @@ ROWS = [  # ↓: lower is better
 def table(result: dict, markdown: bool = False) -> str:
     h = headline(result)
     systems = result["systems"]
-    peers = [s for s in systems if s != "relay"]
-    head = ["scenario", "figure"] + systems + ([f"relay/{p}" for p in peers] if "relay" in systems else [])
+    pairs = [("relay", p) for p in systems if "relay" in systems and not p.startswith("relay")]
+    if "relay-allcores" in systems and "centrifugo-allcores" in systems:  # all cores against all cores
+        pairs.append(("relay-allcores", "centrifugo-allcores"))
+    head = ["scenario", "figure"] + systems + [f"{a}/{b}" for a, b in pairs]
     lines = [head]
     for scenario, key, label in ROWS:
         if scenario not in h:
@@ -390,15 +394,14 @@ def table(result: dict, markdown: bool = False) -> str:
             v = r.get(key) if "error" not in r else "error"
             values[s] = v
             row.append("-" if v is None else (", ".join(str(x) for x in v) if isinstance(v, list) else str(v)))
-        if "relay" in systems:
-            for p in peers:
-                a, b = values.get("relay"), values.get(p)
-                row.append(str(_ratio(a, b)) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and _ratio(a, b) is not None else "-")
+        for x, p in pairs:
+            a, b = values.get(x), values.get(p)
+            row.append(str(_ratio(a, b)) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and _ratio(a, b) is not None else "-")
         lines.append(row)
     lines.append(["load", "1-min load average before (per scenario)"] + [
         " / ".join(f"{h[sc][s]['load_average_before'][0]:.1f}" for sc in h
                    if s in h[sc] and h[sc][s].get("load_average_before"))
-        for s in systems] + ([""] * len(peers) if "relay" in systems else []))
+        for s in systems] + [""] * len(pairs))
     if markdown:
         out = ["| " + " | ".join(str(c) for c in r) + " |" for r in lines]
         out.insert(1, "|" + "|".join("---" for _ in head) + "|")
@@ -421,7 +424,7 @@ def targets(result: dict) -> list[tuple[str, bool | None, str]]:
         return h.get(scenario, {}).get(system, {}).get(key)
 
     relay_max = get("saturation", "relay", "max_sustained_deliveries_per_s")
-    for peer, factor in (("node", 1.0), ("flask-sse", 10.0)):
+    for peer, factor in (("node", 1.0), ("flask-sse", 10.0), ("centrifugo", 1.0)):
         peer_max = get("saturation", peer, "max_sustained_deliveries_per_s")
         if relay_max is not None and peer_max:
             ratio = relay_max / peer_max
@@ -435,6 +438,9 @@ def targets(result: dict) -> list[tuple[str, bool | None, str]]:
     kb = get("idle", "relay", "rss_per_connection_kb_all")
     if kb is not None:
         out.append(("<= 20 KB of RSS per idle connection", kb <= 20, f"{kb} KB (5000 then 10,000 idle clients)"))
+    peer_kb = get("idle", "centrifugo", "rss_per_connection_kb_all")
+    if kb is not None and peer_kb is not None:
+        out.append(("RSS per idle connection <= Centrifugo's", kb <= peer_kb, f"{kb} KB vs {peer_kb} KB"))
     connected = get("idle", "relay", "connected")
     if connected:
         out.append(("10,000 concurrent connections on one worker", connected[-1] >= 10000,
@@ -478,6 +484,14 @@ def machine() -> dict:
                                                   timeout=10, check=False).stdout.split()[2]
     except Exception:  # noqa: BLE001
         pass
+    exe = servers.centrifugo_binary()
+    if exe:
+        try:
+            versions["centrifugo"] = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=10,
+                                                    check=False).stdout.strip()
+            versions["centrifugo_binary"] = exe
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            versions["centrifugo"] = f"unknown: {exc!r}"
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_gb": round(mem_kb / 2**20, 1),
             "kernel": platform.release(), "versions": versions}
 
@@ -485,7 +499,9 @@ def machine() -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs, for a smoke check")
-    parser.add_argument("--systems", default="relay,flask-sse,node", help="comma-separated: relay, flask-sse, node")
+    parser.add_argument("--systems", default="relay,flask-sse,node,centrifugo",
+                        help="comma-separated: " + ", ".join(SYSTEMS) + " (centrifugo: GOMAXPROCS=1 against "
+                        "relay's one worker; the -allcores pair: every CPU each)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
     parser.add_argument("--processes", type=int, default=3, help="load client processes")
     parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds one connection may take")
@@ -519,6 +535,15 @@ def main(argv=None) -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r}")
+    skipped = {}
+    if any(s.startswith("centrifugo") for s in systems) and not servers.centrifugo_binary():
+        for s in [s for s in systems if s.startswith("centrifugo")]:
+            skipped[s] = servers.centrifugo_missing()
+            print(f"skipping {s}: {skipped[s]}", file=sys.stderr, flush=True)
+        systems = [s for s in systems if s not in skipped]
+        if not systems:
+            print("no system left to measure", file=sys.stderr)
+            return 1
     p = plan(args)
     for sc in p.values():
         if args.clients:
@@ -537,7 +562,7 @@ def main(argv=None) -> int:
     # A SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C, so every server is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,
-              "systems": systems, "plan": {k: p[k] for k in scenarios}, "machine": machine(),
+              "systems": systems, "skipped": skipped, "plan": {k: p[k] for k in scenarios}, "machine": machine(),
               "load_client_processes": args.processes,
               "pinning": {k: sorted(v) if v else None for k, v in servers.PIN.items()}, "scenarios": {}}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:

@@ -6,6 +6,10 @@ Every process is started here with its own log file in the run's temporary direc
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import signal
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -132,6 +137,11 @@ class System:
     stream_path = ""
     headers_with_first_event = False  # Flask-SSE answers a stream only when its first event comes
     subscribes_per_client = False  # Flask-SSE opens one Redis connection per client
+    chunked = False  # the load client must undo HTTP chunking (events may straddle chunks)
+
+    def http_api(self) -> tuple[int, str] | None:
+        """(port, API key) when messages are published through the system's HTTP API, not Redis."""
+        return None
 
     def __init__(self, workdir: Path, redis_port: int):
         self.workdir = workdir / self.name
@@ -168,6 +178,23 @@ class System:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+
+def _wait_http_ok(system: System, path: str, timeout: float) -> None:
+    """Until ``GET path`` on the system answers 200; fails early when its process exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{system.port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if system.proc is not None and system.proc.poll() is not None:
+            raise RuntimeError(f"{system.name} exited; log {system.log}:\n{system.log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{system.name} not ready; log {system.log}")
+        time.sleep(0.1)
 
 
 def _base_env() -> dict[str, str]:
@@ -215,17 +242,7 @@ class FlaskSSE(System):
 
     def wait_ready(self, redis, timeout):
         # Flask-SSE subscribes per client: ready when it answers HTTP.
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"flask-sse not ready; log {self.log}")
-            time.sleep(0.1)
+        _wait_http_ok(self, "/ready", timeout)
 
 
 class Node(System):
@@ -246,4 +263,121 @@ class Node(System):
         return [shutil.which("node") or "node", str(node_dir / "server.js")], env, node_dir
 
 
-SYSTEMS = {cls.name: cls for cls in (Relay, FlaskSSE, Node)}
+class RelayAllCores(Relay):
+    """relay's counterpart of ``centrifugo-allcores``: one gevent worker per CPU. More than one
+    worker needs the shared Redis backbone (docs/deployment.md); each worker still reads the
+    benchmark's pub/sub channel itself and delivers what it hears to its own clients."""
+
+    name = "relay-allcores"
+
+    def command(self):
+        cmd, env, cwd = super().command()
+        env["RELAY_WORKERS"] = str(len(os.sched_getaffinity(0)))
+        env["RELAY_BACKBONE"] = f"redis://127.0.0.1:{self.redis_port}/0"
+        return cmd, env, cwd
+
+    def wait_ready(self, redis: RedisServer, timeout: float) -> None:
+        workers = len(os.sched_getaffinity(0))
+        deadline = time.monotonic() + timeout
+        while redis.subscribers(CHANNEL) < workers:  # one subscription per worker
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {redis.subscribers(CHANNEL)} of {workers} workers subscribed; "
+                                   f"log {self.log}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; log {self.log}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+
+# -- Centrifugo ---------------------------------------------------------------------------------
+
+CENTRIFUGO_DIR = HERE / "centrifugo"
+CENTRIFUGO_VERSION = "v6.9.1"
+
+
+def centrifugo_binary() -> str | None:
+    """``CENTRIFUGO_BIN``, else ``$(go env GOPATH)/bin/centrifugo``, else ``centrifugo`` on PATH."""
+    explicit = os.environ.get("CENTRIFUGO_BIN")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    candidates = []
+    go = shutil.which("go")
+    if go:
+        try:
+            gopath = subprocess.run([go, "env", "GOPATH"], capture_output=True, text=True, timeout=30,
+                                    check=False).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            gopath = ""
+        candidates += [Path(p) / "bin" / "centrifugo" for p in gopath.split(os.pathsep) if p]
+    candidates.append(Path.home() / "go" / "bin" / "centrifugo")
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return str(path)
+    return shutil.which("centrifugo")
+
+
+def centrifugo_missing() -> str:
+    return (f"Centrifugo is not installed: run benchmarks/centrifugo/install.sh (go install "
+            f"github.com/centrifugal/centrifugo/v6@{CENTRIFUGO_VERSION}) or set CENTRIFUGO_BIN")
+
+
+def _jwt_hs256(claims: dict, key: str) -> str:
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(key.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+class Centrifugo(System):
+    """Centrifugo v6 the way its docs set it up for browsers that only listen: the unidirectional
+    SSE transport (``/connection/uni_sse``, the connect request in the ``cf_connect`` parameter),
+    a connection JWT whose ``channels`` claim subscribes the connection to the benchmark channel
+    on the server side, the Redis engine on the benchmark's redis-server, and messages published
+    through its server HTTP API (``POST /api/publish`` with the API key), which hands them to Redis
+    PUB/SUB. Configuration: ``benchmarks/centrifugo/config.json`` with this run's ports.
+    ``GOMAXPROCS=1``: one core, against one relay worker."""
+
+    name = "centrifugo"
+    gomaxprocs: str | None = "1"
+    chunked = True  # Go's net/http chunks its 2 KB buffer wherever it fills, mid-event included
+
+    def __init__(self, workdir: Path, redis_port: int):
+        super().__init__(workdir, redis_port)
+        self.config = json.loads((CENTRIFUGO_DIR / "config.json").read_text())
+        self.config["http_server"].update(address="127.0.0.1", port=self.port)
+        self.config["engine"]["redis"]["address"] = f"redis://127.0.0.1:{redis_port}"
+        token = _jwt_hs256({"sub": "bench", "channels": [CHANNEL]}, self.config["client"]["token"]["hmac_secret_key"])
+        connect = json.dumps({"token": token}, separators=(",", ":"))
+        self.stream_path = "/connection/uni_sse?" + urllib.parse.urlencode({"cf_connect": connect})
+
+    def http_api(self):
+        return self.port, self.config["http_api"]["key"]
+
+    def command(self):
+        exe = centrifugo_binary()
+        if not exe:
+            raise RuntimeError(centrifugo_missing())
+        config = self.workdir / "config.json"
+        config.write_text(json.dumps(self.config, indent=1))
+        env = _base_env()
+        env.pop("GOMAXPROCS", None)
+        if self.gomaxprocs:
+            env["GOMAXPROCS"] = self.gomaxprocs
+        return [exe, "--config", str(config)], env, self.workdir
+
+    def wait_ready(self, redis, timeout):
+        # Its Redis broker subscribes to a channel when the first client of the channel connects:
+        # ready when /health answers.
+        _wait_http_ok(self, "/health", timeout)
+
+
+class CentrifugoAllCores(Centrifugo):
+    """The same, with Go's default GOMAXPROCS (every CPU): relay's counterpart is relay-allcores."""
+
+    name = "centrifugo-allcores"
+    gomaxprocs = None
+
+
+SYSTEMS = {cls.name: cls for cls in (Relay, FlaskSSE, Node, RelayAllCores, Centrifugo, CentrifugoAllCores)}
