@@ -198,6 +198,10 @@ class RedisBackbone(Backbone):
             raise BackboneUnavailable(f"redis backbone: {type(exc).__name__}: {exc}") from exc
         return event  # delivered when the announcement comes back, here as on every worker
 
+    def publish_batch(self, events: list[Event]) -> list[Event]:
+        # A source's events: every worker reads the broker itself, so they stay in this worker.
+        return self.memory.publish_local_batch(events, self.relay.deliver_batch)
+
     def _dataset_keys(self) -> list[str]:
         return [f"{self.prefix}clock", f"{self.prefix}seq", f"{self.prefix}run", f"{self.prefix}restarts"]
 

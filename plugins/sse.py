@@ -69,11 +69,12 @@ class Client:
     per client instead of a ``Timeout`` object per wait.
     """
 
-    __slots__ = ("pending", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
+    __slots__ = ("pending", "batch", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
                  "_timer", "_hub", "presence", "address", "__weakref__")
 
     def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None, address: str = ""):
         self.pending: list = []  # events not written yet, oldest first
+        self.batch: list | None = None  # the bus's batch when ``pending`` holds exactly it (see Hub.batch_frames)
         self.limit = queue_size
         self.channels = channels
         self.sock = sock
@@ -94,6 +95,22 @@ class Client:
             self.close("slow")
             return
         pending.append(event)
+        self.batch = None
+        if self._waiter is not None:
+            self._wake()
+
+    def offer_batch(self, channel: str, events: list) -> None:
+        """:meth:`offer` for each of ``events``, in one step (``Bus.send_batch``)."""
+        pending = self.pending
+        if len(pending) + len(events) > self.limit:
+            self.close("slow")
+            return
+        if pending:
+            pending += events
+            self.batch = None
+        else:  # the usual case: every client's write is the same bytes, joined once (Hub.batch_frames)
+            self.pending = list(events)
+            self.batch = events
         if self._waiter is not None:
             self._wake()
 
@@ -178,6 +195,7 @@ class Hub:
         self.watchers: dict[str, set[Client]] = {}
         self.by_address: dict[str, int] = {}  # open streams per client address, for its limit
         self.presence_frames = None  # set by the presence plugin: client -> its first relay-presence frames
+        self._joined: tuple[list | None, bytes] = (None, b"")  # the last batch written, and its frames
 
     def _count(self, client: Client, step: int) -> None:
         """Add (``step`` 1) or remove (-1) ``client`` in ``counts``, ``watchers`` and ``by_address``."""
@@ -210,7 +228,7 @@ class Hub:
         try:
             # Subscribe before reading the history, so nothing falls between the two.
             for channel in client.channels:
-                bus.subscribe(channel, client.offer)
+                bus.subscribe(channel, client.offer, batch=client.offer_batch)
             client.watch_for_hangup()
             if client.presence is not None and self.presence_frames is not None:
                 yield self.retry_frame + self.presence_frames(client)  # relay-presence, no id: not resumable
@@ -252,8 +270,10 @@ class Hub:
                     yield self.retry_frame
                 return
             events, client.pending = client.pending, []  # everything queued goes out in one write
+            batch, client.batch = client.batch, None
             if not events:
                 continue
+            taken = events
             if replayed:
                 # Drop the leading live events already sent in the replay; frames without an id
                 # (relay-presence) are kept and do not end the overlap.
@@ -276,13 +296,23 @@ class Hub:
                     follow = None
                 if not events:
                     continue
-            try:
-                data = events[0].frame if len(events) == 1 else b"".join([event.frame for event in events])
-            except Exception:  # noqa: BLE001 - one event that cannot be framed must not end the stream
-                data = self._frames(events)
+            if batch is not None and events is taken:
+                data = self.batch_frames(batch)
+            else:
+                try:
+                    data = events[0].frame if len(events) == 1 else b"".join([event.frame for event in events])
+                except Exception:  # noqa: BLE001 - one event that cannot be framed must not end the stream
+                    data = self._frames(events)
             if data:  # empty when every event was skipped (gunicorn would end the body on b"")
                 yield data
             self._sample_latency(client, events[0])
+
+    def batch_frames(self, batch: list) -> bytes:
+        """The frames of a batch the bus handed to every client, joined by the first client that
+        writes it and shared with the others (a Kafka poll: 200 events, 100 clients)."""
+        if self._joined[0] is not batch:
+            self._joined = (batch, self._frames(batch))
+        return self._joined[1]
 
     def _replay(self, client: Client, last_event_id: str) -> Replay:
         """What a client resuming after ``last_event_id`` missed; never raises.

@@ -94,8 +94,16 @@ class Relay(Protocol):
         """Transforms, then the backbone: the event gets its id and reaches the subscribers and
         sinks. ``broadcast=True`` for an event that arrived in this worker only (HTTP)."""
 
+    def publish_batch(self, events: list[Event]) -> list[Event | InvalidEvent | None]:
+        """``publish`` (not broadcast) for each of a source's events, delivered together; per
+        event, in order: the published event, ``None`` (dropped by a transform) or the
+        :class:`InvalidEvent` the backbone refused it with. For sources that read many at once."""
+
     def deliver(self, event: Event) -> None:
         """For backbones: hand an event the backbone numbered to this worker's subscribers and sinks."""
+
+    def deliver_batch(self, events: list[Event]) -> None:
+        """For backbones: :meth:`deliver` for each of a source's events, all at once."""
 
     def transform(self, event: Event) -> Event | None:
         """Run the ``relay_transform_event`` chain; ``None`` when a plugin dropped the event."""
@@ -103,6 +111,10 @@ class Relay(Protocol):
     def deliver_durable(self, event: Event, sinks: set[str] | None = None) -> set[str]:
         """Offer an event to the durable sinks (all, or those named in ``sinks``); the names of
         those that took it (the others raised or timed out)."""
+
+    def deliver_durable_batch(self, events: list[Event], sink: str) -> int:
+        """Offer events to one durable sink, in one call when it implements
+        ``relay_deliver_durable_batch``; how many, from the first, it took."""
 
     def durable_sinks(self) -> list[str]:
         """Names of the plugins implementing ``relay_deliver_durable``."""

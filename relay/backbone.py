@@ -185,6 +185,18 @@ class Backbone:
     def publish(self, event: Event, broadcast: bool) -> Event:
         raise NotImplementedError
 
+    def publish_batch(self, events: list[Event]) -> list[Event | InvalidEvent]:
+        """``publish(event, broadcast=False)`` for each of a source's events, in order; what each
+        gave: the event, or the :class:`InvalidEvent` that refused it. A backbone may deliver the
+        batch at once (``Relay.deliver_batch``), as the built-in ones do."""
+        results: list[Event | InvalidEvent] = []
+        for event in events:
+            try:
+                results.append(self.publish(event, False))
+            except InvalidEvent as exc:
+                results.append(exc)
+        return results
+
     def replay(self, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
         """Events after ``last_event_id`` on ``channels``; ``None`` when the id is unknown here."""
         raise NotImplementedError
@@ -222,11 +234,14 @@ class MemoryBackbone(Backbone):
     :param history_bytes: bytes one channel's history may hold; its oldest events go first.
     :param total_bytes: bytes every channel's history together may hold; the oldest events of
         the least recently published channels go first.
+    :param deliver: called with each published event (``Relay.deliver``); ``deliver_batch``
+        with each batch of a source's events (``Relay.deliver_batch``), else ``deliver`` per event.
     """
 
     def __init__(self, history_size: int, max_channels: int = 10_000, deliver=None,
-                 history_bytes: int = HISTORY_BYTES, total_bytes: int = HISTORY_TOTAL_BYTES):
+                 history_bytes: int = HISTORY_BYTES, total_bytes: int = HISTORY_TOTAL_BYTES, deliver_batch=None):
         self.deliver = deliver
+        self.deliver_batch = deliver_batch
         self.history_size = history_size
         self.max_channels = max_channels
         self.history_bytes = history_bytes
@@ -249,6 +264,19 @@ class MemoryBackbone(Backbone):
         if deliver is not None:
             deliver(event)
         return event
+
+    def publish_batch(self, events: list[Event]) -> list[Event]:
+        if self.deliver_batch is None:
+            return [self.publish_local(event, self.deliver) for event in events]
+        return self.publish_local_batch(events, self.deliver_batch)
+
+    def publish_local_batch(self, events: list[Event], deliver_batch) -> list[Event]:
+        """:meth:`publish_local` for each of ``events``, delivered together: ``deliver_batch(events)``."""
+        for event in events:
+            self.append(event)
+        if deliver_batch is not None and events:
+            deliver_batch(events)
+        return events
 
     def append(self, event: Event) -> Event:
         """Number the event, give it an id if it has none, and keep it in its channel's history."""

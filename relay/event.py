@@ -106,11 +106,15 @@ def encode_data(data: Any) -> str:
     if json_depth(data) > MAX_DEPTH:
         raise InvalidEvent("data", f"nests deeper than {MAX_DEPTH} levels, the limit")
     try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEvent("data", f"is not JSON-serialisable: {exc}") from None
     check_text("data", text)  # a surrogate in any key or value, at any depth
     return text
+
+
+# One encoder for every event: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(slots=True, eq=False)

@@ -209,6 +209,22 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
     """
 
 
+@hookspec
+def relay_deliver_durable_batch(relay: Relay, events: list[Event]) -> None:
+    """Optional, beside :func:`relay_deliver_durable`: take responsibility for several events at once.
+
+    A durable source that reads many messages at once (the Kafka consumer group: the records of
+    one partition in one poll) offers them here, in order, to each plugin that implements both
+    hooks; a plugin implementing only ``relay_deliver_durable`` gets them one by one. The
+    contract is the same as for one event, for all of them: return only once every event is
+    stored where a crash cannot lose it (one transaction for the batch is the point), and raise
+    to refuse the batch; the source offers the refused events again after a backoff. Bounded by
+    ``hook_timeout`` for the whole batch (at most a few hundred events).
+
+    :param events: events with ``id`` and ``channel`` set, in the order the source read them.
+    """
+
+
 @hookspec(firstresult=True)
 def relay_replay(relay: Relay, channels: list[str], last_event_id: str, limit: int) -> Replay | None:
     """Replay events after ``last_event_id`` that the in-memory history cannot.

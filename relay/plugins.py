@@ -68,8 +68,8 @@ def get_plugin_manager(modules: Iterable[str] = (), disabled: Iterable[str] = ()
 
 # Hooks relay calls one implementation at a time, each in its own ``try`` and bounded by
 # ``hook_timeout``, so that one plugin's failure or slowness cannot reach the others.
-ISOLATED_HOOKS = ("relay_transform_event", "relay_deliver", "relay_deliver_durable", "relay_sources",
-                  "relay_health", "relay_shutdown", "relay_openapi_paths")
+ISOLATED_HOOKS = ("relay_transform_event", "relay_deliver", "relay_deliver_durable", "relay_deliver_durable_batch",
+                  "relay_sources", "relay_health", "relay_shutdown", "relay_openapi_paths")
 
 
 def refuse_wrappers_on_isolated_hooks(pm: pluggy.PluginManager) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any, Iterator
 
 import gevent
@@ -19,7 +20,7 @@ from relay.auth import Decision
 from relay.backbone import Backbone, MemoryBackbone, Replay, merge_replays
 from relay.bus import Bus
 from relay.config import Config, ConfigError
-from relay.event import Event
+from relay.event import Event, InvalidEvent
 from relay.plugins import trace_calls
 from relay.sink_queue import SinkQueue
 from relay.source import Source
@@ -28,7 +29,7 @@ from relay.supervisor import Supervisor
 
 log = logging.getLogger("relay")
 STOP_WAIT = 15.0  # seconds a second stop() call waits for the first one to finish
-SINK_HOOKS = ("relay_deliver", "relay_deliver_durable")  # a failure there is signalled: delivery-failed
+SINK_HOOKS = ("relay_deliver", "relay_deliver_durable", "relay_deliver_durable_batch")  # a failure there is signalled: delivery-failed
 
 
 class HookTimeout(Exception):
@@ -51,7 +52,7 @@ class Relay:
         self.hook_timeout: float = core["hook_timeout"]
         if core["trace_plugins"]:
             trace_calls(plugins)
-        self.sinks = SinkQueue(self.run_sinks)  # relay_deliver runs there, never in the delivering greenlet
+        self.sinks = SinkQueue(self.run_sinks, run_batch=self.run_sinks_batch)  # relay_deliver runs there, never in the delivering greenlet
         # Sources whose events durable sinks take through relay_deliver_durable (e.g. Kafka in
         # group mode); relay_deliver then skips those sinks for these events.
         self.durable_sources: set[str] = set()
@@ -63,7 +64,7 @@ class Relay:
     def _make_backbone(self, url: str) -> Backbone:
         if url == "memory":
             return MemoryBackbone(self.history_size, deliver=self.deliver, history_bytes=self.history_bytes,
-                                  total_bytes=self.history_total_bytes)
+                                  total_bytes=self.history_total_bytes, deliver_batch=self.deliver_batch)
         backbone = self.plugins.hook.relay_backbone(relay=self, url=url)
         if backbone is None:
             raise ConfigError([f"backbone: no loaded plugin provides a backbone for {url!r}; "
@@ -99,6 +100,30 @@ class Relay:
             self.sinks.wait_for(published, self.hook_timeout * 2 + 1)
         return published
 
+    def publish_batch(self, events: list[Event]) -> list[Event | InvalidEvent | None]:
+        """:meth:`publish` (not broadcast) for each of a source's events, delivered together.
+
+        For a source that reads many events at once (a Kafka poll): each SSE stream takes the
+        batch in one step and the counters move once, instead of once per event.
+
+        :return: per event, in order: the event with its id, ``None`` when a transform dropped
+            it, or the :class:`InvalidEvent` with which the backbone refused it.
+        """
+        results: list[Event | InvalidEvent | None] = [self.transform(event) for event in events]
+        kept = [event for event in results if event is not None]
+        if not kept:
+            return results
+        published = iter(self.backbone.publish_batch(kept))
+        results = [None if event is None else next(published) for event in results]
+        sources = Counter(event.source for event in results if isinstance(event, Event))
+        for source, count in sources.items():
+            self.stats.incr("events_in", count, source=source)
+        if signals.event_published.receivers:
+            for event in results:
+                if isinstance(event, Event):
+                    signals.event_published.send(self, event=event)
+        return results
+
     def deliver(self, event: Event) -> None:
         """Hand an event the backbone has numbered to this worker's subscribers and sinks.
 
@@ -112,6 +137,14 @@ class Relay:
         if self.plugins.hook.relay_deliver.get_hookimpls():
             self.sinks.put(event)  # the sinks' own greenlet: a waiting sink holds back no stream
 
+    def deliver_batch(self, events: list[Event]) -> None:
+        """:meth:`deliver` for each of ``events``, in order: each SSE stream takes them at once."""
+        deliveries = self.bus.send_batch(events)
+        if deliveries:
+            self.stats.incr("events_out", deliveries, sink="sse")
+        if self.plugins.hook.relay_deliver.get_hookimpls():
+            self.sinks.put_batch(events)
+
     def run_sinks(self, event: Event) -> None:
         """Call every ``relay_deliver`` implementation for one event (in the sinks' greenlet)."""
         skip = self.durable_sinks() if event.source in self.durable_sources else ()
@@ -121,6 +154,22 @@ class Relay:
             ok, _ = self._call(impl, "relay_deliver", {"relay": self, "event": event})
             if ok:
                 self.stats.incr("events_out", sink=impl.plugin_name)
+
+    def run_sinks_batch(self, events: list[Event]) -> None:
+        """:meth:`run_sinks` for each of ``events``: each sink takes them in order, one call per
+        event, and its counter moves once."""
+        durable = set(self.durable_sinks()) if self.durable_sources else set()
+        for impl in self._impls("relay_deliver"):
+            skip_durable = impl.plugin_name in durable
+            taken, timeout = 0, self._timeout()
+            for event in events:
+                if skip_durable and event.source in self.durable_sources:
+                    continue  # it takes this source's events through relay_deliver_durable
+                ok, _ = self._call(impl, "relay_deliver", {"relay": self, "event": event}, timeout)
+                taken += ok
+            timeout.close()
+            if taken:
+                self.stats.incr("events_out", taken, sink=impl.plugin_name)
 
     def transform(self, event: Event) -> Event | None:
         """Run the ``relay_transform_event`` chain: the event to deliver, or ``None`` if dropped."""
@@ -157,6 +206,33 @@ class Relay:
             if ok:
                 taken.add(impl.plugin_name)
                 self.stats.incr("events_out", sink=impl.plugin_name)
+        return taken
+
+    def deliver_durable_batch(self, events: list[Event], sink: str) -> int:
+        """Offer ``events`` to the durable sink ``sink``, at once through its
+        ``relay_deliver_durable_batch`` when it has one, else one by one.
+
+        Returns how many of the events, from the first, it took: all of them, or those before
+        the one it refused (a batch is taken whole or not at all).
+        """
+        for impl in self._impls("relay_deliver_durable_batch"):
+            if impl.plugin_name == sink:
+                ok, _ = self._call(impl, "relay_deliver_durable_batch", {"relay": self, "events": events})
+                taken = len(events) if ok else 0
+                break
+        else:
+            taken, timeout = 0, self._timeout()
+            for impl in self._impls("relay_deliver_durable"):
+                if impl.plugin_name != sink:
+                    continue
+                for event in events:
+                    ok, _ = self._call(impl, "relay_deliver_durable", {"relay": self, "event": event}, timeout)
+                    if not ok:
+                        break
+                    taken += 1
+            timeout.close()
+        if taken:
+            self.stats.incr("events_out", taken, sink=sink)
         return taken
 
     def replay(self, channels: list[str], last_event_id: str) -> Replay:
@@ -207,15 +283,21 @@ class Relay:
         # pluggy calls the last registered implementation first; keep its order.
         return list(reversed(getattr(self.plugins.hook, hook_name).get_hookimpls()))
 
-    def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any],
+              timeout: gevent.Timeout | None = None) -> tuple[bool, Any]:
+        """One implementation, isolated and bounded by ``hook_timeout``. A caller that makes many
+        calls in a row may pass one ``timeout`` (:meth:`_timeout`) to be restarted for each."""
+        # A hook that waits longer than hook_timeout is interrupted at its next yield to the hub
+        # (any I/O under gevent); CPU-bound code cannot be interrupted.
+        own = timeout is None
+        if own:
+            timeout = self._timeout()
+        timeout.start()
         try:
-            # A hook that waits longer than hook_timeout is interrupted at its next yield to the
-            # hub (any I/O under gevent); CPU-bound code cannot be interrupted.
-            with gevent.Timeout(self.hook_timeout, HookTimeout(f"took longer than {self.hook_timeout}s")):
-                # Through pluggy's hook executor, one implementation at a time: pluggy's tracing
-                # and add_hookcall_monitoring (RELAY_TRACE_PLUGINS) see every call.
-                results = self.plugins._hookexec(hook_name, [impl], kwargs, False)
-                return True, results[0] if results else None
+            # Through pluggy's hook executor, one implementation at a time: pluggy's tracing and
+            # add_hookcall_monitoring (RELAY_TRACE_PLUGINS) see every call.
+            results = self.plugins._hookexec(hook_name, [impl], kwargs, False)
+            return True, results[0] if results else None
         except Exception as exc:  # noqa: BLE001 - one plugin's bug must not reach the others
             if hook_name in SINK_HOOKS:  # counted and logged by relay.observe, like any receiver may
                 signals.delivery_failed.send(self, plugin=impl.plugin_name, hook=hook_name, event=kwargs.get("event"),
@@ -224,6 +306,14 @@ class Relay:
                 log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
                 self.stats.incr("plugin_errors", plugin=impl.plugin_name, hook=hook_name)
             return False, None
+        finally:
+            if own:
+                timeout.close()
+            else:
+                timeout.cancel()  # started again by the next call
+
+    def _timeout(self) -> gevent.Timeout:
+        return gevent.Timeout(self.hook_timeout, HookTimeout(f"took longer than {self.hook_timeout}s"))
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -44,3 +44,31 @@ def test_lanes_back_off_separately_and_the_delay_is_capped():
     assert offers.offer(Event("c", "e", id="y"), "y", "two") == 0.5
     offers.forget("one")
     assert offers.offer(Event("c", "e", id="x"), "x", "one") == 0.5
+
+
+class BatchSinks(Sinks):
+    """``a`` takes batches whole; ``b`` takes events one by one and refuses the ``refuse_at``-th."""
+
+    def __init__(self, refuse_at: int):
+        super().__init__(refusals=0)
+        self.refuse_at = refuse_at
+
+    def deliver_durable_batch(self, events, sink):
+        self.asked.append((sink, [e.id for e in events]))
+        if sink == "b" and self.refuse_at is not None and self.refuse_at < len(events):
+            taken, self.refuse_at = self.refuse_at, None
+            return taken
+        return len(events)
+
+
+def test_a_batch_is_taken_up_to_the_first_refusal_and_only_the_rest_is_offered_again():
+    sinks = BatchSinks(refuse_at=1)
+    offers = DurableOffers(sinks)
+    events = [Event("c", "e", id=f"m{i}") for i in range(3)]
+    keys = ["k0", "k1", "k2"]
+    assert offers.offer_batch(events, keys, "lane") == (1, 0.5), "m0 taken by both; from m1 offered again"
+    assert offers.refused == ["b"]
+    assert offers.offer_batch(events[1:], keys[1:], "lane") == (2, None)
+    assert sinks.asked == [("a", ["m0", "m1", "m2"]), ("b", ["m0", "m1", "m2"]), ("b", ["m1", "m2"])], \
+        "a took the batch once and is not asked again"
+    assert offers.taken == {} and offers.delays == {}

@@ -105,3 +105,79 @@ def test_monitoring_sees_each_isolated_call_and_the_trace_logs_plugin_and_durati
     traced = [r.getMessage() for r in caplog.records if r.name == "relay.trace"]
     assert any(line.startswith(f"hook relay_deliver [{name}] ") and line.endswith(" ms") for line in traced), traced
     assert any(line.startswith("hook relay_transform_event [") for line in traced), traced
+
+
+def test_durable_batches_go_whole_to_a_batch_sink_and_one_by_one_to_the_others(plugin_module, tmp_path):
+    batch = plugin_module("batch_sink", """
+        CALLS = []
+
+        @hookimpl
+        def relay_deliver_durable(event):
+            CALLS.append(("one", event.id))
+
+        @hookimpl
+        def relay_deliver_durable_batch(events):
+            CALLS.append(("batch", [e.id for e in events]))
+            if any(e.data == "refuse" for e in events):
+                raise RuntimeError("store down")
+    """)
+    single = plugin_module("single_sink", """
+        CALLS = []
+
+        @hookimpl
+        def relay_deliver_durable(event):
+            if event.data == "refuse":
+                raise RuntimeError("no")
+            CALLS.append(event.id)
+    """)
+    import importlib
+
+    from relay.event import Event
+
+    app = make_app(tmp_path, plugins=[batch, single])
+    relay = app.extensions["relay"]
+    events = [Event("c", "e", n, id=str(n), source="kafka") for n in range(3)]
+    assert relay.deliver_durable_batch(events, batch) == 3
+    assert relay.deliver_durable_batch(events, single) == 3
+    assert importlib.import_module(batch).CALLS == [("batch", ["0", "1", "2"])], "one call for the batch"
+    assert importlib.import_module(single).CALLS == ["0", "1", "2"]
+    refused = [Event("c", "e", 7, id="7"), Event("c", "e", "refuse", id="8"), Event("c", "e", 9, id="9")]
+    assert relay.deliver_durable_batch(refused, batch) == 0, "a batch is taken whole or not at all"
+    assert relay.deliver_durable_batch(refused, single) == 1, "taken up to the refused event"
+    assert importlib.import_module(single).CALLS[-1] == "7"
+    counters = {(c["sink"], c["count"]) for c in relay.stats.snapshot()["events_out"]}
+    assert (batch, 3) in counters and (single, 4) in counters
+
+
+def test_publish_batch_runs_transforms_per_event_and_delivers_the_kept_ones_together(plugin_module, tmp_path):
+    import importlib
+
+    import gevent
+
+    from relay.event import Event
+
+    name = plugin_module("batch_plugin", """
+        DELIVERED = []
+
+        @hookimpl
+        def relay_transform_event(event):
+            return False if event.event == "secret" else None
+
+        @hookimpl
+        def relay_deliver(event):
+            DELIVERED.append(event.data)
+    """)
+    relay = make_app(tmp_path, plugins=[name]).extensions["relay"]
+    runs = []
+    relay.bus.subscribe("c", lambda channel, event: runs.append(("one", event.data)),
+                        batch=lambda channel, events: runs.append(("batch", [e.data for e in events])))
+    events = [Event("c", "e", 1, source="kafka"), Event("c", "secret", 2, source="kafka"),
+              Event("c", "e", 3, source="kafka"), Event("c", "e", 4, source="kafka")]
+    results = relay.publish_batch(events)
+    assert [r.data if r is not None else None for r in results] == [1, None, 3, 4]
+    assert all(r.id for r in results if r is not None), "the backbone numbered them"
+    assert runs == [("batch", [1, 3, 4])], "one hand-over for the kept events"
+    gevent.sleep(0.1)  # the sinks' greenlet
+    assert importlib.import_module(name).DELIVERED == [1, 3, 4]
+    assert {(c["source"], c["count"]) for c in relay.stats.snapshot()["events_in"]} == {("kafka", 3)}
+    relay.stop()

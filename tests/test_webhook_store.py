@@ -250,3 +250,44 @@ def test_four_processes_store_and_claim_each_delivery_once(kind, tmp_path, redis
     claimed = [d for _, _, ids in results for d in ids]
     assert len(claimed) == 200 and len(set(claimed)) == 200
     print(kind, "stored/claimed per worker:", sorted((w, s, len(ids)) for w, s, ids in results))
+
+
+def test_store_claim_due_takes_the_due_deliveries_once_soonest_first(store_factory):
+    one, two = store_factory(), store_factory()
+    one.save_endpoint(Endpoint("ep_1", "http://x", SECRET, ["*"]))
+    now = time.time()
+    one.enqueue([_delivery(n, at=now - 10 + n) for n in range(1, 6)] + [_delivery(9, at=now + 60)])
+    first = one.claim_due("ep_1", "w1", now, 30, limit=3)
+    assert [d.event_id for d in first] == ["e1", "e2", "e3"], "soonest first, at most the limit"
+    assert all(d.attempts == 1 for d in first)
+    rest = two.claim_due("ep_1", "w2", now, 30, limit=10)
+    assert [d.event_id for d in rest] == ["e4", "e5"], "another worker gets only what is left; e9 is not due"
+    assert one.claim_due("ep_1", "w1", now, 30, limit=10) == []
+    assert two.finish(rest[0], "w2", SUCCEEDED, 0, _attempt(rest[0], "succeeded", 200)), "w2 holds the lease"
+
+
+def test_sqlite_calls_made_together_share_one_commit_and_fail_alone(tmp_path):
+    """InThread's group commit: calls queued while the thread is busy run as one transaction, one
+    savepoint each; a call that raises is rolled back alone and raises to its own caller."""
+    import gevent
+
+    store = SQLiteStore(str(tmp_path / "webhooks.sqlite3"))
+    store.save_endpoint(Endpoint("ep_1", "http://x", SECRET, ["*"]))
+    groups = []
+    run_group = store.run_group
+    store.run_group = lambda calls: groups.append(len(calls)) or run_group(calls)
+
+    def enqueue_then_fail(delivery):
+        store.enqueue([delivery])
+        raise ValueError("refused after writing")
+
+    store.enqueue_then_fail = enqueue_then_fail
+    threaded = InThread(store)
+    calls = [gevent.spawn(threaded.enqueue, [_delivery(n)]) for n in range(20)]
+    failing = gevent.spawn(threaded.enqueue_then_fail, _delivery(99))
+    gevent.joinall(calls + [failing], timeout=30)
+    assert [call.value for call in calls] == [1] * 20
+    assert isinstance(failing.exception, ValueError)
+    assert sum(groups) >= 20 and len(groups) <= 3, f"20 calls made together, in {len(groups)} group(s)"
+    assert len(store.due("ep_1", time.time() + 1, 100)) == 20, "the failed call's write was rolled back"
+    assert store.get_delivery(_delivery(99).id) is None

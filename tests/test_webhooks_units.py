@@ -277,3 +277,70 @@ def test_https_is_pinned_and_checks_the_certificate_of_the_url_host(tls_receiver
     assert trusted.status == 204 and seen == [(f"localhost:{port}", b'{"a":1}')]
     wrong_name = client.post(f"https://127.0.0.1:{port}/hook", b"{}", {}, timeout=3, policy=policy, max_response=10)
     assert wrong_name.status is None and "CERTIFICATE_VERIFY_FAILED" in wrong_name.error, "the URL's host is checked"
+
+
+# -- kept-alive connections ---------------------------------------------------------------------------
+
+@pytest.fixture
+def counting_receiver():
+    """An HTTP/1.1 receiver that counts connections and requests; ``mode["close"]`` makes it
+    close each connection after answering without saying so (as an idle timeout would), and
+    ``mode["body"]`` is the size of its answers."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = {"connections": 0, "requests": []}
+    mode = {"close": False, "body": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            seen["connections"] += 1
+            super().setup()
+
+        def do_POST(self):
+            close = mode["close"]  # as when the request came: the test changes it once answered
+            seen["requests"].append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", str(mode["body"]))
+            self.end_headers()
+            self.wfile.write(b"x" * mode["body"])
+            self.close_connection = close
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", seen, mode
+    server.shutdown()
+    server.server_close()
+
+
+def test_connections_are_kept_alive_and_a_stale_one_is_replaced_without_losing_the_post(counting_receiver):
+    url, seen, mode = counting_receiver
+    policy, pool = AddressPolicy(["127.0.0.0/8"]), client.Connections()
+    results = [client.post(url, b'{"n":%d}' % n, {}, timeout=3, policy=policy, max_response=100, connections=pool)
+               for n in range(5)]
+    assert [r.status for r in results] == [200] * 5
+    assert seen["connections"] == 1, "one connection for five POSTs"
+    mode["close"] = True  # the next answer closes the connection behind the pool's back
+    assert client.post(url, b'{"n":5}', {}, timeout=3, policy=policy, max_response=100, connections=pool).status == 200
+    time.sleep(0.1)
+    after = client.post(url, b'{"n":6}', {}, timeout=3, policy=policy, max_response=100, connections=pool)
+    assert after.status == 200 and after.error == ""
+    assert seen["requests"] == [b'{"n":%d}' % n for n in range(7)], "each POST arrived once, in order"
+    assert seen["connections"] == 2, "the closed connection was replaced"
+    pool.close()
+
+
+def test_a_connection_whose_answer_was_not_read_to_the_end_is_not_reused(counting_receiver):
+    url, seen, mode = counting_receiver
+    mode["body"] = 500  # more than max_response: the rest is never read
+    policy, pool = AddressPolicy(["127.0.0.0/8"]), client.Connections()
+    for n in range(3):
+        result = client.post(url, b"{}", {}, timeout=3, policy=policy, max_response=100, connections=pool)
+        assert result.status == 200 and len(result.response) == 100
+    assert seen["connections"] == 3
+    pool.close()

@@ -29,7 +29,9 @@ from .settings import consumer_config
 
 POLL_MS = 200  # the longest a poll waits: shutdown and probes are never late by more
 POLL_RECORDS = 200  # records per poll: kafka-python parses them without yielding (max_poll_records overrides it)
-YIELD_EVERY = 50  # records published between yields to the hub
+# Records published as one batch, between yields to the hub: each SSE stream takes the batch in
+# one step and writes it in one write, and the hub is held for a few milliseconds at most.
+PUBLISH_EVERY = 200
 REREAD_BACKOFF = 30.0  # seconds before a partition may be read from its beginning again
 REREAD_BACKOFF_MAX = 600.0
 
@@ -68,30 +70,35 @@ class BroadcastSource(Source):
                 if not assigned:
                     self.stopping.wait(settings["probe_interval"])
                     continue
-                batch = consumer.poll(timeout_ms=POLL_MS, max_records=poll_records)
-                for tp, records in batch.items():
-                    for n, record in enumerate(records, 1):
-                        self.positions[tp] = record.offset + 1  # the cursor covers the record itself
-                        self._publish(relay, record, dead_letters)
-                        if n % YIELD_EVERY == 0:
-                            gevent.sleep(0)  # let SSE streams and requests run
-                    gevent.sleep(0)
+                # Every partition's records of one poll in one batch: each stream then writes once
+                # per poll, not once per partition.
+                records = [(tp, record) for tp, part in consumer.poll(timeout_ms=POLL_MS,
+                                                                      max_records=poll_records).items()
+                           for record in part]
+                for start in range(0, len(records), PUBLISH_EVERY):
+                    self._publish(relay, records[start:start + PUBLISH_EVERY], dead_letters)
+                    gevent.sleep(0)  # let SSE streams and requests run
         finally:
             client.close(consumer, self.log)
             if dead_letters is not None:
                 dead_letters.close()
 
-    def _publish(self, relay, record: Any, dead_letters: DeadLetters | None) -> None:
-        try:
-            event = to_event(record, self.settings)
-        except BadMessage as error:
-            handle_bad(relay, "kafka", record, error, dead_letters)
-            return
-        event.cursor = self.positions.cursor(event.id)
-        try:
-            relay.publish(event)
-        except InvalidEvent as exc:  # the backbone refused it: skip it like a bad record
-            handle_bad(relay, "kafka", record, BadMessage("invalid_field", str(exc)), dead_letters)
+    def _publish(self, relay, records: list[tuple[Any, Any]], dead_letters: DeadLetters | None) -> None:
+        """Publish ``(partition, record)`` pairs as one batch; each event's cursor covers itself."""
+        events, sources = [], []
+        for tp, record in records:
+            self.positions[tp] = record.offset + 1
+            try:
+                event = to_event(record, self.settings)
+            except BadMessage as error:
+                handle_bad(relay, "kafka", record, error, dead_letters)
+                continue
+            event.cursor = self.positions.cursor(event.id)
+            events.append(event)
+            sources.append(record)
+        for record, result in zip(sources, relay.publish_batch(events)):
+            if isinstance(result, InvalidEvent):  # the backbone refused it: skip it like a bad record
+                handle_bad(relay, "kafka", record, BadMessage("invalid_field", str(result)), dead_letters)
 
     def _refresh(self, relay, consumer: Any, assigned: list[Any]) -> list[Any]:
         """Assign partitions that appeared, and probe the broker: the health of this source."""

@@ -1,8 +1,9 @@
 """Durable delivery: a consumer group hands each record to the durable sinks, then commits.
 
-One member of the group (one worker somewhere) reads each partition. For each record, in
-partition order, it offers the event to every plugin implementing ``relay_deliver_durable``;
-the partition's offset is committed past a record only once every durable sink has taken it and
+One member of the group (one worker somewhere) reads each partition. It offers the events of a
+partition's records, in order, to every plugin implementing ``relay_deliver_durable``, a poll's
+records of one partition as one batch (one call of ``relay_deliver_durable_batch`` for a sink
+that has it: one store transaction, not one per record); the partition's offset is committed past a record only once every durable sink has taken it and
 every record before it. A sink that refuses (raises) gets the record again after a backoff; the
 partition waits for it, the others go on. After a crash or a rebalance, the records after the
 last commit are read again: at-least-once.
@@ -18,11 +19,11 @@ import gevent
 from relay.api import BadMessage, DurableOffers, Source
 
 from . import client
-from .broadcast import YIELD_EVERY
-from .records import DeadLetters, handle_bad, to_event, where
+from .records import DeadLetters, handle_bad, to_event
 from .settings import consumer_config
 
 POLL_MS = 200
+OFFER_EVERY = 200  # records offered to the durable sinks as one batch (one store transaction)
 GROUP_POLL_RECORDS = 200  # records per poll; each may wait on a durable sink (max_poll_interval_ms)
 COMMIT_EVERY = 1.0  # seconds: within a long batch, commit at least this often
 COMMIT_TIMEOUT_MS = 10_000
@@ -61,18 +62,21 @@ class GroupSource(Source):
                 done: dict[Any, int] = {}
                 last_commit = time.monotonic()
                 for tp, records in batch.items():
+                    if self.stopping.is_set():
+                        break
                     if tp in consumer.paused() or tp not in consumer.assignment():
                         continue  # paused meanwhile (its records come again), or revoked
-                    for n, record in enumerate(records, 1):
-                        if self.stopping.is_set() or not self._handle(relay, consumer, tp, record, dead_letters):
-                            break
-                        done[tp] = record.offset + 1
-                        if n % YIELD_EVERY == 0:
-                            gevent.sleep(0)
+                    for start in range(0, len(records), OFFER_EVERY):
+                        chunk = records[start:start + OFFER_EVERY]
+                        upto, refused = self._handle(relay, consumer, tp, chunk, dead_letters)
+                        if upto > chunk[0].offset:
+                            done[tp] = upto  # the sinks took (or skipped) everything before it
+                        gevent.sleep(0)
+                        if refused:
+                            break  # the partition waits (paused) from the first record not taken
                         if time.monotonic() - last_commit >= COMMIT_EVERY:  # slow sinks: fewer repeats
                             self._commit(relay, consumer, done)
                             done, last_commit = {}, time.monotonic()
-                    gevent.sleep(0)
                 if done:
                     self._commit(relay, consumer, done)
         finally:
@@ -92,27 +96,40 @@ class GroupSource(Source):
             consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         relay.stats.incr("kafka_commits")
 
-    def _handle(self, relay, consumer: Any, tp: Any, record: Any, dead_letters: DeadLetters | None) -> bool:
-        """Deliver one record; False when a sink refused it (the partition then waits)."""
-        try:
-            event = to_event(record, self.settings)
-        except BadMessage as error:
-            handle_bad(relay, "kafka-group", record, error, dead_letters)
-            return True
-        event = relay.transform(event)
-        if event is None:
-            return True  # dropped by a transform: nothing to deliver
-        delay = self.offers.offer(event, key=(tp, record.offset), lane=tp)
+    def _handle(self, relay, consumer: Any, tp: Any, records: list,
+                dead_letters: DeadLetters | None) -> tuple[int, bool]:
+        """Offer consecutive records of one partition to the durable sinks, as one batch.
+
+        Returns the offset to commit up to and whether a sink refused: after the last record
+        when the sinks took them all, else the first record not taken (the partition is then
+        paused and sought back to it, and the records from there come again after a backoff). Bad records are handled (counted,
+        dead-lettered) once, when the sinks have taken everything before them.
+        """
+        events, keys, bad = [], [], []
+        for record in records:
+            try:
+                event = relay.transform(to_event(record, self.settings))
+            except BadMessage as error:
+                bad.append((record, error))
+                continue
+            if event is not None:  # None: dropped by a transform, nothing to deliver
+                events.append(event)
+                keys.append((tp, record.offset))
+        taken, delay = self.offers.offer_batch(events, keys, lane=tp) if events else (0, None)
+        upto = records[-1].offset + 1 if delay is None else keys[taken][1]
+        for record, error in bad:
+            if record.offset < upto:
+                handle_bad(relay, "kafka-group", record, error, dead_letters)
         if delay is None:
             self.retry.pop(tp, None)
-            return True
+            return upto, False
         self.retry[tp] = time.monotonic() + delay
-        consumer.seek(tp, record.offset)
+        consumer.seek(tp, upto)
         consumer.pause(tp)
         relay.stats.incr("kafka_redeliveries")
-        self.log.warning("durable sink(s) %s refused the record at %s; offering it again in %.1fs",
-                         ", ".join(self.offers.refused), where(record), delay)
-        return False
+        self.log.warning("durable sink(s) %s refused the record at topic %s partition %d offset %d; offering it "
+                         "again in %.1fs", ", ".join(self.offers.refused), tp.topic, tp.partition, upto, delay)
+        return upto, True
 
     def _resume_due(self, consumer: Any) -> None:
         now = time.monotonic()

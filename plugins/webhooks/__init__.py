@@ -83,6 +83,14 @@ def relay_deliver_durable(relay, event):
 
 
 @hookimpl
+def relay_deliver_durable_batch(relay, events):
+    """Several events of an at-least-once source: their deliveries stored in one transaction."""
+    sink = _sink(relay)
+    if sink is not None:
+        sink.accept_batch(events)
+
+
+@hookimpl
 def relay_health(relay):
     sink = _sink(relay)
     return {"webhooks": sink.health()} if sink is not None else None

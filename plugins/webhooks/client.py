@@ -3,6 +3,13 @@
 Plain ``http.client`` (cooperative under gevent's monkey-patching); no redirects are followed
 (a 3xx is an answer like any other, and fails the attempt), and only the first
 ``response_max_bytes`` of the answer are read.
+
+Connections are kept alive between attempts (:class:`Connections`, one per worker): a new TCP
+connection, with its address check and handshake, cost more CPU than the POST itself. One goes
+back to the pool only when its answer was read to the end and the server did not ask to close;
+it is dropped after ``IDLE_MAX`` seconds unused, so a changed DNS answer is seen again. A POST
+on a reused connection that the server had closed meanwhile (no answer at all) is sent once
+more on a new one; an answer of any kind is never sent again.
 """
 
 from __future__ import annotations
@@ -12,11 +19,17 @@ import socket
 import ssl
 import time
 import urllib.parse
+from collections import defaultdict
 from dataclasses import dataclass
 
 import gevent
 
 from plugins.webhooks.ssrf import AddressPolicy, RefusedAddress
+
+IDLE_MAX = 30.0  # seconds a kept-alive connection may wait unused
+IDLE_PER_ORIGIN = 32  # idle connections kept per scheme, host and port
+# The server closed a kept-alive connection before this request reached it: send it again.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 @dataclass
@@ -68,24 +81,72 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         self.sock = self._context.wrap_socket(self._connect_pinned(), server_hostname=self.host)
 
 
+class Connections:
+    """Idle kept-alive connections of one worker, by scheme, host and port."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple, list[tuple[float, http.client.HTTPConnection]]] = defaultdict(list)
+
+    def take(self, key: tuple) -> http.client.HTTPConnection | None:
+        idle, now = self._idle.get(key), time.monotonic()
+        while idle:
+            since, connection = idle.pop()
+            if now - since < IDLE_MAX:
+                return connection
+            connection.close()
+        return None
+
+    def give(self, key: tuple, connection: http.client.HTTPConnection) -> None:
+        idle = self._idle[key]
+        if len(idle) >= IDLE_PER_ORIGIN:
+            connection.close()
+            return
+        idle.append((time.monotonic(), connection))
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for _, connection in idle:
+                connection.close()
+        self._idle.clear()
+
+
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, policy: AddressPolicy,
-         max_response: int) -> Result:
-    """POST ``body`` to ``url``; never raises for network problems, returns them in the result."""
+         max_response: int, connections: Connections | None = None) -> Result:
+    """POST ``body`` to ``url``; never raises for network problems, returns them in the result.
+
+    :param connections: where to take a kept-alive connection from and give it back to; without
+        it, a connection of its own, closed afterwards.
+    """
     parts = urllib.parse.urlsplit(url)
     kind = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    connection = kind(parts.hostname, parts.port, timeout, policy)
+    key = (parts.scheme, parts.hostname, parts.port)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     result = Result()
     started = time.monotonic()
+    connection = connections.take(key) if connections is not None else None
+    reused = connection is not None
+    keep = False
     try:
         # The socket timeout bounds each read; this bounds the whole attempt (a receiver that
         # trickles one byte at a time would otherwise hold it forever).
         with gevent.Timeout(timeout, TimeoutError(f"no complete answer within {timeout:g}s")):
-            connection.request("POST", path, body, {"Content-Type": "application/json", **headers})
-            response = connection.getresponse()
+            while True:
+                if connection is None:
+                    connection = kind(parts.hostname, parts.port, timeout, policy)
+                try:
+                    connection.request("POST", path, body, {"Content-Type": "application/json", **headers})
+                    response = connection.getresponse()
+                except _STALE:
+                    if not reused:
+                        raise
+                    connection.close()  # closed by the server while idle: once more, on a new one
+                    connection, reused = None, False
+                    continue
+                break
             result.status = response.status
             result.retry_after = response.getheader("Retry-After")
             result.response = response.read(max_response) if max_response else b""
+            keep = connections is not None and response.isclosed() and not response.will_close
     except RefusedAddress as exc:
         result.error, result.refused = f"refused by the SSRF guard: {exc}", True
     except TimeoutError as exc:
@@ -93,6 +154,10 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, poli
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        connection.close()
+        if connection is not None:
+            if keep:
+                connections.give(key, connection)
+            else:
+                connection.close()
         result.latency_ms = round((time.monotonic() - started) * 1000, 1)
     return result

@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.pool
 
 from plugins.webhooks import client, signing
@@ -113,15 +114,24 @@ class Sink:
         workers maps to the same webhook-ids, and the store keeps the first: each endpoint gets
         one delivery.
         """
-        targets = [e for e in self.endpoints() if e.enabled and e.matches(event.channel, event.event)]
-        if not targets:
-            return 0
-        body = signing.build_body(event.event, event.timestamp, event.channel, event.id, event.data)
+        return self.accept_batch([event])
+
+    def accept_batch(self, events: list) -> int:
+        """:meth:`accept` for several events, stored in one transaction (in their order)."""
+        endpoints = [e for e in self.endpoints() if e.enabled]
         now = time.time()
         first = now + self.schedule[0]
-        deliveries = [Delivery(id=signing.webhook_id(e.id, event.channel, event.id), endpoint_id=e.id,
-                               event_id=event.id, channel=event.channel, event_type=event.event, body=body,
-                               created_at=now, status=PENDING, next_attempt_at=first) for e in targets]
+        deliveries = []
+        for event in events:
+            targets = [e for e in endpoints if e.matches(event.channel, event.event)]
+            if not targets:
+                continue
+            body = signing.build_body(event.event, event.timestamp, event.channel, event.id, event.data)
+            deliveries += [Delivery(id=signing.webhook_id(e.id, event.channel, event.id), endpoint_id=e.id,
+                                    event_id=event.id, channel=event.channel, event_type=event.event, body=body,
+                                    created_at=now, status=PENDING, next_attempt_at=first) for e in targets]
+        if not deliveries:
+            return 0
         stored = self.store.enqueue(deliveries)
         self.relay.stats.incr("webhook_deliveries_stored", stored)
         if stored < len(deliveries):
@@ -177,8 +187,10 @@ class Dispatcher(Source):
         super().__init__()
         self.sink = sink
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self.in_flight: Counter[str] = Counter()  # endpoint id -> attempts running in this worker
+        self.in_flight: Counter[str] = Counter()  # endpoint id -> deliveries claimed and not finished here
+        self.slots: dict[str, tuple[int, gevent.lock.Semaphore]] = {}  # endpoint id -> (max_concurrency, slots)
         self.attempts = gevent.pool.Group()
+        self.connections = client.Connections()  # kept alive between attempts, per worker
         self._pruned_at = 0.0
         self._reported_at = 0.0
 
@@ -206,20 +218,38 @@ class Dispatcher(Source):
         for endpoint in sink.endpoints():
             if not endpoint.enabled:
                 continue
-            free = (endpoint.max_concurrency or sink.settings["max_concurrency"]) - self.in_flight[endpoint.id]
-            if free <= 0:
-                continue  # this endpoint is busy; the others go on
-            for delivery_id in sink.store.due(endpoint.id, now, free):
-                delivery = sink.store.claim(delivery_id, self.owner, now, sink.lease())
-                if delivery is None:
-                    continue  # another worker took it
+            limit = endpoint.max_concurrency or sink.settings["max_concurrency"]
+            # Up to ``limit`` more than may run are claimed ahead: when a request ends, the next
+            # one starts at once instead of after a store round trip (a commit). Each waits for
+            # a slot at most about one attempt's time, well within its lease. Claimed in batches
+            # of at least ``limit`` (once half are gone): one commit for many, not one per request.
+            if self.in_flight[endpoint.id] > limit:
+                continue  # this endpoint has work enough; the others go on
+            free = 2 * limit - self.in_flight[endpoint.id]
+            for delivery in sink.store.claim_due(endpoint.id, self.owner, now, sink.lease(), free):
                 self.in_flight[endpoint.id] += 1
-                self.attempts.spawn(self._attempt, delivery, endpoint)
+                self.attempts.spawn(self._attempt, delivery, endpoint, self._slots(endpoint.id, limit))
 
-    def _attempt(self, delivery: Delivery, endpoint: Endpoint) -> None:
+    def _slots(self, endpoint_id: str, limit: int) -> gevent.lock.Semaphore:
+        """The endpoint's ``max_concurrency`` slots in this worker: requests in flight at once."""
+        known = self.slots.get(endpoint_id)
+        if known is None or known[0] != limit:  # new, or its max_concurrency changed
+            known = self.slots[endpoint_id] = (limit, gevent.lock.Semaphore(limit))
+        return known[1]
+
+    def _attempt(self, delivery: Delivery, endpoint: Endpoint, slots: gevent.lock.Semaphore) -> None:
         sink, relay = self.sink, self.sink.relay
+        held = [False]
+
+        def free_slot() -> None:  # once the answer came: the slot bounds requests, not store writes
+            if held[0]:
+                held[0] = False
+                slots.release()
+
         try:
-            self._deliver(delivery, endpoint)
+            slots.acquire()
+            held[0] = True
+            self._deliver(delivery, endpoint, free_slot)
         except gevent.GreenletExit:
             # Stopped mid-attempt: hand the delivery back so the next worker retries it at once.
             self._release(delivery)
@@ -228,8 +258,9 @@ class Dispatcher(Source):
             log.exception("webhook delivery %s to %s failed outside the HTTP attempt", delivery.id, endpoint.label)
             relay.stats.incr("webhook_errors")
         finally:
+            free_slot()
             self.in_flight[endpoint.id] -= 1
-            sink.wake.set()  # a slot is free
+            sink.wake.set()  # room to claim more
 
     def _release(self, delivery: Delivery) -> None:
         try:
@@ -237,13 +268,16 @@ class Dispatcher(Source):
         except Exception:  # the lease expires by itself
             log.exception("could not release delivery %s; it is retried when its lease ends", delivery.id)
 
-    def _deliver(self, delivery: Delivery, endpoint: Endpoint) -> None:
+    def _deliver(self, delivery: Delivery, endpoint: Endpoint, answered=lambda: None) -> None:
+        """One attempt: the POST, then its result stored; ``answered()`` is called in between."""
         sink, settings, relay = self.sink, self.sink.settings, self.sink.relay
         started = time.time()
         headers = signing.headers(delivery.id, delivery.body, endpoint.signing_secrets(started), started)
         headers["User-Agent"] = settings["user_agent"]
         result = client.post(endpoint.url, delivery.body, headers, timeout=settings["timeout"],
-                             policy=sink.policy, max_response=settings["response_max_bytes"])
+                             policy=sink.policy, max_response=settings["response_max_bytes"],
+                             connections=self.connections)
+        answered()
         ok = result.status is not None and 200 <= result.status < 300
         retryable = not ok and not result.refused and (
             result.status is None or result.status >= 500 or result.status in RETRYABLE_STATUS)
@@ -266,7 +300,11 @@ class Dispatcher(Source):
         log.log(level, "delivery %s to %s attempt %d: %s%s", delivery.id, endpoint.label, delivery.attempts,
                 result.status or result.error, f"; next in {delay:.1f}s" if outcome == "retry" else
                 "; dead-lettered" if outcome == "dead" else "")
-        if sink.store.note_result(endpoint.id, ok, now, settings["disable_after"]):
+        if ok and endpoint.failing_since is None:
+            return  # nothing to clear (as this worker knows: its list is at most ENDPOINT_REFRESH old)
+        disabled = sink.store.note_result(endpoint.id, ok, now, settings["disable_after"])
+        endpoint.failing_since = None if ok else endpoint.failing_since or now
+        if disabled:
             relay.stats.incr("webhook_endpoints_disabled")
             log.warning("webhook endpoint %s disabled: failing continuously for %gs; re-enable it with "
                         "POST /webhooks/%s/enable", endpoint.label, settings["disable_after"], endpoint.id)
@@ -295,3 +333,4 @@ class Dispatcher(Source):
         if len(self.attempts):
             log.info("stopping %d webhook attempt(s) still in flight", len(self.attempts))
             self.attempts.kill(timeout=1)
+        self.connections.close()

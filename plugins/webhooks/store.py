@@ -157,6 +157,12 @@ class Store(ABC):
         again at ``now + lease`` unless finished or released by then. ``None`` when it is not
         due, not pending, or someone else took it first."""
 
+    def claim_due(self, endpoint_id: str, owner: str, now: float, lease: float, limit: int) -> list[Delivery]:
+        """:meth:`due` and :meth:`claim` of each: the endpoint's due deliveries this caller took,
+        soonest first, at most ``limit``. A store may do it in one transaction (SQLite does)."""
+        claimed = (self.claim(delivery_id, owner, now, lease) for delivery_id in self.due(endpoint_id, now, limit))
+        return [delivery for delivery in claimed if delivery is not None]
+
     @abstractmethod
     def finish(self, delivery: Delivery, owner: str, status: str, next_attempt_at: float,
                attempt: Attempt) -> bool:
