@@ -214,7 +214,7 @@ def _client_worker(pipe, port: int, clients: int, lo: int, hi: int, latency_ever
     class Conn(asyncio.Protocol):
         def __init__(self, check: bool):
             self.check = check
-            self.seen = bytearray(total)
+            self.seen = bytearray(total) if check else None  # counting clients keep no bitmap
             self.buf, self.head = b"", b""
             self.received = self.unique = 0
             self.first = self.done = 0.0

@@ -147,13 +147,7 @@ class Relay:
 
     def run_sinks(self, event: Event) -> None:
         """Call every ``relay_deliver`` implementation for one event (in the sinks' greenlet)."""
-        skip = self.durable_sinks() if event.source in self.durable_sources else ()
-        for impl in self._impls("relay_deliver"):
-            if impl.plugin_name in skip:
-                continue  # it takes this source's events through relay_deliver_durable
-            ok, _ = self._call(impl, "relay_deliver", {"relay": self, "event": event})
-            if ok:
-                self.stats.incr("events_out", sink=impl.plugin_name)
+        self.run_sinks_batch([event])
 
     def run_sinks_batch(self, events: list[Event]) -> None:
         """:meth:`run_sinks` for each of ``events``: each sink takes them in order, one call per

@@ -16,15 +16,14 @@ module imports them (``from redis_cluster import redis_cluster_fixture``) or a c
 ``redis_cluster`` in ``pytest_plugins``. Creation takes about 2 s on a 2-core machine
 (measured, with replicas synced: see docs/design-redis-cluster.md).
 
-Set ``REDIS_CLUSTER_URL=redis+cluster://host:port,…`` to use an external cluster instead: the
-tests that kill, restart or wait for failover then skip, saying why.
+The tests always start clusters of their own (they kill and restart nodes), so nothing here
+is skipped for want of one.
 
 By hand: ``python tests/redis_cluster.py`` starts one, prints its URL and stops it on Ctrl-C.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -48,7 +47,6 @@ except ImportError:  # run by hand outside the venv's editable install: same ide
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
 
-EXTERNAL_URL = os.environ.get("REDIS_CLUSTER_URL")
 SLOTS = 16384
 SCHEME = "redis+cluster://"
 
@@ -154,7 +152,6 @@ class RedisCluster:
         other shards serving while one has no master.
     """
 
-    controllable = True
 
     def __init__(self, directory: Path | None = None, masters: int = 3, replicas: int = 1,
                  node_timeout: int = 1000, full_coverage: bool = False, extra: tuple[str, ...] = ()):
@@ -361,50 +358,9 @@ class RedisCluster:
         return node
 
 
-class ExternalCluster:
-    """The cluster named by ``REDIS_CLUSTER_URL``: used as it is, never killed. Its topology is
-    read (``masters()``, ``master_of()``…); what kills or restarts nodes skips the test."""
-
-    controllable = False
-    created_in = None
-
-    def __init__(self, url: str):
-        self.url = url if url.startswith(SCHEME) else SCHEME + url
-        self.seeds = self.url[len(SCHEME):]
-
-    client = RedisCluster.client
-    masters, replicas = RedisCluster.masters, RedisCluster.replicas
-    master_of, replica_of = RedisCluster.master_of, RedisCluster.replica_of
-
-    def topology(self) -> list[dict]:
-        for host, port in parse_seeds(self.url):
-            try:
-                with redis.Redis(host, port, socket_timeout=1, socket_connect_timeout=1) as client:
-                    return cluster_nodes(client)
-            except redis.RedisError:
-                continue
-        raise RuntimeError(f"no seed of {self.url} answers")
-
-    def _cannot(self, *args, **kwargs):
-        pytest.skip("REDIS_CLUSTER_URL names an external cluster: this test kills or restarts its nodes")
-
-    kill_master = wait_failover = restart = _cannot
-
-    def stop(self) -> None:
-        pass
-
-
-def require_own_cluster(cluster) -> None:
-    if not cluster.controllable:
-        pytest.skip("REDIS_CLUSTER_URL names an external cluster: this test kills or restarts its nodes")
-
-
 @pytest.fixture(name="redis_cluster")
 def redis_cluster_fixture(tmp_path):
-    """A fresh cluster for this test (3 masters, 1 replica each), or the external one."""
-    if EXTERNAL_URL:
-        yield ExternalCluster(EXTERNAL_URL)
-        return
+    """A fresh cluster for this test (3 masters, 1 replica each)."""
     cluster = RedisCluster(tmp_path / "cluster").start()
     try:
         yield cluster
@@ -415,9 +371,6 @@ def redis_cluster_fixture(tmp_path):
 @pytest.fixture(name="shared_redis_cluster", scope="module")
 def shared_redis_cluster_fixture(tmp_path_factory):
     """One cluster for the tests of a module that leave it as they found it."""
-    if EXTERNAL_URL:
-        yield ExternalCluster(EXTERNAL_URL)
-        return
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
         yield cluster

@@ -10,7 +10,6 @@ process itself is not patched, as relay's workers are). About 40 s in all: 2 s p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ import redis.backoff
 import redis.cluster
 import redis.exceptions
 import redis.retry
-from redis_cluster import SLOTS, redis_cluster_fixture, require_own_cluster, shared_redis_cluster_fixture  # noqa: F401
+from redis_cluster import SLOTS, redis_cluster_fixture, shared_redis_cluster_fixture  # noqa: F401
 
 # A publish reduced to its cluster facts: every key and the announcement channel carry one hash
 # tag, so it runs in one slot (the design's full script: PARTITION_PUBLISH below).
@@ -77,7 +76,6 @@ def read_until(pubsub, want: int, timeout: float, kinds=("smessage",)) -> list[d
 @pytest.mark.timeout(60)
 def test_cluster_has_three_masters_with_a_synced_replica_each_and_covers_every_slot(shared_redis_cluster):
     cluster = shared_redis_cluster
-    require_own_cluster(cluster)
     print(f"\nFACT cluster created in {cluster.created_in:.2f}s: {cluster.url}")
     assert cluster.url.startswith("redis+cluster://") and cluster.url.count(",") == 5
     nodes = cluster.topology()
@@ -99,8 +97,7 @@ def test_run_by_hand_it_prints_its_url_and_ctrl_c_stops_every_node_and_removes_i
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is not installed", pytrace=False)
     script = Path(__file__).parent / "redis_cluster.py"
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                               env={k: v for k, v in os.environ.items() if k != "REDIS_CLUSTER_URL"})
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("redis+cluster://"), url
@@ -286,7 +283,6 @@ def test_partition_layout_one_script_per_publish_and_per_partition_positions_res
 @pytest.mark.timeout(60)
 def test_clusterpubsub_receives_spublish_from_every_shard_over_one_connection_per_shard(shared_redis_cluster):
     cluster = shared_redis_cluster
-    require_own_cluster(cluster)
     client = cluster.client()
     pubsub = client.pubsub()
     try:
@@ -512,7 +508,6 @@ def no_retry_client(cluster) -> redis.cluster.RedisCluster:
 @pytest.mark.timeout(90)
 def test_killing_a_shards_master(redis_cluster):
     cluster = redis_cluster
-    require_own_cluster(cluster)
     client = cluster.client()
     facts: dict = {}
     try:
@@ -613,7 +608,6 @@ def test_killing_a_shards_master(redis_cluster):
 @pytest.mark.timeout(90)
 def test_a_manual_failover_sends_sunsubscribe_to_the_old_masters_subscribers(redis_cluster):
     cluster = redis_cluster
-    require_own_cluster(cluster)
     client = cluster.client()
     try:
         channel = tagged("moving")[2]
@@ -649,7 +643,6 @@ def test_clusterpubsub_keeps_dialling_a_dead_master_until_its_client_refreshes_t
     that meets the error, or ``nodes_manager.initialize()``): a relay reader must refresh the
     map itself when its shard connection fails, not wait for a publish to do it."""
     cluster = redis_cluster
-    require_own_cluster(cluster)
     client = cluster.client()
     pubsub = client.pubsub()
     try:
@@ -794,7 +787,6 @@ def test_under_gevent_a_master_dies_publishes_refuse_fast_and_the_reader_resumes
     per-shard reader (``read_subscribed``; on error: refresh the slot map, reconnect, resubscribe,
     catch up from the stream) while the channel's master is SIGKILLed."""
     cluster = redis_cluster
-    require_own_cluster(cluster)
     probe = subprocess.Popen([sys.executable, "-c", FAILOVER_PROBE, cluster.url, str(Path(__file__).parent), "7"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=Path(__file__).parent.parent)

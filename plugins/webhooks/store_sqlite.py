@@ -172,15 +172,19 @@ class SQLiteStore(Store):
                     outcomes.append((False, exc))
                 db.execute("RELEASE call")
             db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:  # noqa: BLE001 - the commit failed: raised to every caller of the group
+            self._rollback()
             return [(False, exc)] * len(calls)
+        except BaseException:  # interrupted: nothing of the group stays half-written
+            self._rollback()
+            raise
         finally:
             self._grouped = False
         return outcomes
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     # -- endpoints -------------------------------------------------------------------------------
 
