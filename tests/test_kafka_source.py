@@ -107,6 +107,59 @@ def test_envelope_record_reaches_sse_within_two_seconds(kafka_broker, producer, 
     print(f"produce -> SSE latency: {latency * 1000:.0f} ms")
 
 
+def arrival_bursts(kafka_broker, producer, server, topic: str, records: int = 20, every: float = 0.025) -> tuple:
+    """Produce ``records`` one by one, ``every`` seconds apart, while reading the stream; returns
+    (how many bursts they arrived in, the seconds from the last send to the last arrival, the data)."""
+    wait_assigned(server, 1)
+    send = producer()
+    with server.sse("/events/trickle") as stream:
+        stream.read_some(0.2)
+        sent_last = []
+
+        def trickle():
+            for n in range(records):
+                send.send(topic, envelope("tick", n, "trickle"))
+                time.sleep(every)
+            sent_last.append(time.monotonic())
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        arrivals, data = [], []
+        for _ in range(records):
+            data.append(int(stream.next_event(5).data))
+            arrivals.append(time.monotonic())
+        thread.join(10)
+    bursts = 1 + sum(1 for a, b in zip(arrivals, arrivals[1:]) if b - a > 0.010)
+    return bursts, arrivals[-1] - sent_last[0], data
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.kafka_brokers("apache")
+def test_a_trickle_of_records_is_read_in_batches_within_batch_wait(kafka_broker, producer, relay_server_factory):
+    """``batch_wait_ms``: after a poll that brought a few records, the source waits before the
+    next, so a trickle arrives in a few bursts (fewer wake-ups: the CPU figures are in
+    benchmarks/kafka.py) and no record waits longer than about that."""
+    topic = create_topic(kafka_broker, topic_name("trickle"))
+    env = {"RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka_broker, "RELAY_KAFKA_TOPICS": topic, "RELAY_KAFKA_START": "latest"}
+    eager = relay_server_factory(env=env | {"RELAY_KAFKA_BATCH_WAIT_MS": "0"})
+    eager_bursts, _, eager_data = arrival_bursts(kafka_broker, producer, eager, topic)
+    eager.stop()
+    batching = relay_server_factory(env=env | {"RELAY_KAFKA_BATCH_WAIT_MS": "400"})
+    bursts, tail, data = arrival_bursts(kafka_broker, producer, batching, topic)
+    assert eager_data == data == list(range(20))  # each in order, none lost or repeated
+    print(f"20 records 25 ms apart arrived in {eager_bursts} bursts with batch_wait_ms 0, {bursts} with 400")
+    assert eager_bursts >= 8
+    assert bursts <= 6
+    assert tail < 0.4 * 2 + 1.0  # the last waited at most one batch wait (plus a fetch already in flight)
+
+
+@pytest.mark.kafka_brokers("tansu")
+def test_batch_wait_above_a_second_stops_start_up_with_its_name(kafka_broker, relay_server_factory):
+    with pytest.raises(RuntimeError) as failure:
+        relay_server_factory(kafka_config(kafka_broker, ["x"], batch_wait_ms=5000))
+    assert "batch_wait_ms" in str(failure.value) and "at most 1000" in str(failure.value)
+
+
 @pytest.mark.kafka_brokers("apache")
 def test_raw_format_uses_event_name_and_channel_map(kafka_broker, producer, relay_server_factory):
     topic = create_topic(kafka_broker, topic_name("raw"))

@@ -52,13 +52,14 @@ class GroupSource(Source):
             client.bootstrap(consumer)
             consumer.subscribe(settings["topics"])
             next_probe = 0.0
+            poll_records = settings["consumer"].get("max_poll_records", GROUP_POLL_RECORDS)
+            batch_wait = settings["batch_wait_ms"] / 1000
             while not self.stopping.is_set():
                 if time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + settings["probe_interval"]
                     self._probe(consumer)
                 self._resume_due(consumer)
-                batch = consumer.poll(timeout_ms=POLL_MS,
-                                     max_records=settings["consumer"].get("max_poll_records", GROUP_POLL_RECORDS))
+                batch = consumer.poll(timeout_ms=POLL_MS, max_records=poll_records)
                 done: dict[Any, int] = {}
                 last_commit = time.monotonic()
                 for tp, records in batch.items():
@@ -79,6 +80,8 @@ class GroupSource(Source):
                             done, last_commit = {}, time.monotonic()
                 if done:
                     self._commit(relay, consumer, done)
+                if 0 < sum(map(len, batch.values())) < poll_records and batch_wait:
+                    self.stopping.wait(batch_wait)  # see ``batch_wait_ms``: fewer, fuller polls
         finally:
             client.close(consumer, self.log)
             if dead_letters is not None:
