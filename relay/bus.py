@@ -8,6 +8,11 @@ A source that reads many events at once (a Kafka poll) hands them over with ``se
 receiver subscribed with a ``batch`` function takes each channel's run of events in one call
 (an SSE stream: one queue extend and one wake-up instead of one per event); the others are
 called once per event, as by ``send``.
+
+A backbone that routes channels (only the channels some receiver of this worker wants reach the
+worker) watches :attr:`Bus.channel_wanted` and :attr:`Bus.channel_unwanted`: the bus counts each
+channel's receivers and signals the first one in and the last one out. A sink with no receiver
+of its own asks for a channel with :meth:`Bus.want` and gives it back with :meth:`Bus.unwant`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ class Bus:
         self._batch: dict[Receiver, Callable[[str, list[Event]], None]] = {}  # receiver -> its batch form
         self.signal.receiver_connected.connect(self._forget_receivers, weak=False)
         self.signal.receiver_disconnected.connect(self._forget_receivers, weak=False)
+        #: Sent as ``receiver(channel)`` when ``channel`` gets its first receiver (or ``want``).
+        self.channel_wanted = Signal("channel-wanted")
+        #: Sent as ``receiver(channel)`` when ``channel`` loses its last receiver (and ``want``).
+        self.channel_unwanted = Signal("channel-unwanted")
+        self._wants: dict[str, int] = {}  # channel -> receivers and wants holding it
+        self._channels_of: dict[Receiver, set[str]] = {}  # receiver -> the channels it holds
 
     def _forget_receivers(self, *args, **kwargs) -> None:
         self._receivers.clear()
@@ -52,11 +63,45 @@ class Bus:
         if batch is not None:
             self._batch[receiver] = batch
         self.signal.connect(receiver, sender=channel, weak=False)
+        held = self._channels_of.setdefault(receiver, set())
+        if channel not in held:
+            held.add(channel)
+            self.want(channel)
 
     def unsubscribe(self, receiver: Receiver) -> None:
         """Remove ``receiver`` from every channel it was subscribed to."""
         self.signal.disconnect(receiver)
         self._batch.pop(receiver, None)
+        for channel in self._channels_of.pop(receiver, ()):
+            self.unwant(channel)
+
+    def want(self, channel: str) -> None:
+        """Hold ``channel`` as wanted in this worker without a receiver (a sink that reads it
+        another way); each ``want`` is given back by one :meth:`unwant`. The first holder of a
+        channel sends :attr:`channel_wanted`."""
+        held = self._wants.get(channel, 0)
+        self._wants[channel] = held + 1
+        if not held:
+            self._announce(self.channel_wanted, channel)
+
+    def unwant(self, channel: str) -> None:
+        """Give back one :meth:`want`; the last holder of a channel sends :attr:`channel_unwanted`."""
+        held = self._wants.get(channel, 0)
+        if held > 1:
+            self._wants[channel] = held - 1
+        elif held == 1:
+            del self._wants[channel]
+            self._announce(self.channel_unwanted, channel)
+
+    def wanted(self) -> list[str]:
+        """The channels some receiver (or :meth:`want`) of this worker holds now."""
+        return list(self._wants)
+
+    def _announce(self, signal: Signal, channel: str) -> None:
+        try:
+            signal.send(channel)
+        except Exception:  # a routing failure must not cost the subscriber its stream
+            log.exception("bus: a receiver of %s failed for channel %r", signal.__doc__, channel)
 
     def _receivers_of(self, channel: str) -> tuple[Receiver, ...]:
         receivers = self._receivers.get(channel)

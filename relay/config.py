@@ -119,9 +119,10 @@ REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")  # what a Redis URL sta
 
 
 def _check_backbone(url: str) -> str | None:
-    if url == "memory" or url.startswith(REDIS_URL_SCHEMES):
+    if url == "memory" or url.startswith(REDIS_URL_SCHEMES + ("redis+cluster://",)):
         return None
-    return f"{url!r} is not allowed; allowed: 'memory' or a Redis URL ('redis://host:port/db')"
+    return (f"{url!r} is not allowed; allowed: 'memory', a Redis URL ('redis://host:port/db') or a Redis "
+            "Cluster's seed nodes ('redis+cluster://host:port[,host:port…]')")
 
 
 def _check_bind(binds: list[str]) -> str | None:

@@ -1,0 +1,51 @@
+"""The Redis Cluster backbone: ``backbone = "redis+cluster://host:port[,host:port…]"``.
+
+Runs on a Redis Cluster (any seed nodes) or on one Redis 7 (the same code: one node serves
+every slot). Channels are grouped into ``partitions`` whose keys carry one hash tag each, so
+every publish is one script in one slot (:mod:`.keys`, :mod:`.scripts`); announcements go over
+sharded pub/sub, and a worker subscribes only to the channels its clients (or sinks, through
+``relay.bus.want``) want, one connection per shard (:mod:`.readers`); ids are ordered per
+partition and a stream resumes from one cursor naming a position per partition (:mod:`.cursor`,
+:mod:`.backbone`). docs/design-redis-cluster.md describes what is built and what is not.
+"""
+
+from __future__ import annotations
+
+from plugins.redis_cluster_backbone.backbone import ClusterBackbone
+from plugins.redis_cluster_backbone.topology import SCHEME
+from relay.api import Option, Section, hookimpl
+
+SECTION = "backbones.redis_cluster"
+
+
+@hookimpl
+def relay_config_sections():
+    return [Section(SECTION, (
+        Option("partitions", int, 32, "partitions channels are grouped into (part of the data layout: "
+                                      "changing it moves channels); at most 40, so a cursor stays under 1024 characters",
+               min=1, check=lambda n: None if n <= 40 else "at most 40"),
+        Option("maxlen", int, 10000, "entries kept per channel stream (approximate trim)", min=1),
+        Option("max_age", float, 0.0, "seconds after which entries are trimmed (approximately); 0: by maxlen only",
+               min=0),
+        Option("prefix", str, "relay:", "prefix of every Redis key relay uses"),
+        Option("health_interval", float, 5.0, "seconds of silence before a shard subscription is checked with PING",
+               min=0.1),
+        Option("connect_timeout", float, 2.0, "seconds to wait for a connection", min=0.05),
+        Option("command_timeout", float, 1.0, "seconds a publish or a resume waits for a node's answer "
+                                              "before answering 503", min=0.05),
+        Option("unsubscribe_delay", float, 5.0, "seconds a channel stays subscribed after its last client left",
+               min=0),
+        Option("catch_up_margin", float, 2.0, "seconds before a channel was wanted from which its stream is "
+                                              "read (announcements in flight while subscribing)", min=0),
+        Option("ack_replicas", int, 0, "replicas that must have an event before the publish is acknowledged "
+                                       "(WAIT); fewer: 503, the event is stored but may be lost by a failover",
+               min=0),
+        Option("ack_timeout", float, 0.1, "seconds WAIT waits for ack_replicas", min=0.001),
+    ), "The Redis Cluster backbone (used when backbone = 'redis+cluster://host:port,…').")]
+
+
+@hookimpl
+def relay_backbone(relay, url):
+    if not url.startswith(SCHEME):
+        return None
+    return ClusterBackbone(relay, url, relay.config.section(SECTION))

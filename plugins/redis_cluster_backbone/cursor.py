@@ -1,0 +1,77 @@
+"""Cursors: where a client stands on every partition, sent as the SSE ``id``.
+
+``<ms>-<seq>~<p>=<ms>.<seq>[,<p>=<ms>.<seq>…]``: the event's stream id, then, per partition,
+the last id delivered (partition number and both numbers in base 36, partitions in increasing
+order). Ids of one partition come from one counter, so "every event of my channels in
+partition ``p`` up to this id" is one number pair; a resume reads each channel from its
+partition's position. One position is at most ~19 characters (``1f=lxxxxxxx.xxxxxx,``), so a
+cursor holds at most ``P`` of them, whatever the number of channels.
+"""
+
+from __future__ import annotations
+
+from relay.api import parse_stream_id
+
+Id = tuple[int, int]
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def base36(number: int) -> str:
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = _DIGITS[rest] + out
+        if not number:
+            return out
+
+
+class Positions(dict):
+    """Partition -> last id delivered, with its cursor text rebuilt per change of one partition."""
+
+    def __init__(self, items: dict[int, Id] | None = None):
+        super().__init__()
+        self._parts: dict[int, str] = {}
+        self._text: str | None = None
+        for partition, at in (items or {}).items():
+            self.advance(partition, at)
+
+    def advance(self, partition: int, at: Id) -> bool:
+        """Move ``partition`` to ``at`` unless it is already there or later; True when it moved."""
+        if self.get(partition, (-1, -1)) >= at:
+            return False
+        self[partition] = at
+        self._parts[partition] = f"{base36(partition)}={base36(at[0])}.{base36(at[1])}"
+        self._text = None
+        return True
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = ",".join(self._parts[p] for p in sorted(self._parts))
+        return self._text
+
+    def cursor(self, event_id: str) -> str:
+        return f"{event_id}~{self.text()}"
+
+    def covers(self, other: dict[int, Id]) -> bool:
+        """At or after ``other`` on every partition ``other`` names."""
+        return all(self.get(p, (-1, -1)) >= at for p, at in other.items())
+
+
+def parse_cursor(text: str, partitions: int) -> tuple[Id, Positions] | None:
+    """``(event id, positions)`` of a cursor this backbone gave, or ``None`` for any other text."""
+    head, sep, tail = text.partition("~")
+    event_id = parse_stream_id(head)
+    if not sep or event_id is None or not tail:
+        return None
+    positions = Positions()
+    try:
+        for part in tail.split(","):
+            number, _, at = part.partition("=")
+            ms, _, seq = at.partition(".")
+            partition = int(number, 36)
+            if not 0 <= partition < partitions or not ms or not seq:
+                return None
+            positions.advance(partition, (int(ms, 36), int(seq, 36)))
+    except ValueError:
+        return None
+    return event_id, positions
