@@ -189,7 +189,8 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
     """Take responsibility for an event from a source that delivers at least once.
 
     Implement this in sinks that must not lose events (webhooks). A durable source (Kafka with a
-    ``group_id``, Redis Streams with a ``group``) reads each broker message once per cluster,
+    ``group_id``, Redis Streams with a ``group``, the Redis Cluster backbone's partition logs for
+    events published to relay) reads each broker message once per cluster,
     through a consumer group, and calls this hook for it in its own greenlet, after the transforms
     and with the same ``id`` the SSE clients see. It commits its broker position past the event only
     once every implementation has returned for it and for every event before it. So: return only
@@ -202,8 +203,8 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
 
     For the sources listed in ``relay.durable_sources``, relay does not call
     :func:`relay_deliver` of a plugin that implements this hook: it gets those events here, once,
-    instead of once per worker. Events from other sources (HTTP, Redis) still come through
-    ``relay_deliver``. May block on storage I/O, but never on the hub.
+    instead of once per worker. Events from other sources (HTTP with the in-memory or single-Redis
+    backbone, the Redis sources without a group) still come through ``relay_deliver``. May block on storage I/O, but never on the hub.
 
     :param event: the event, with ``id`` and ``channel`` set.
     """

@@ -6,7 +6,9 @@ every publish is one script in one slot (:mod:`.keys`, :mod:`.scripts`); announc
 sharded pub/sub, and a worker subscribes only to the channels its clients (or sinks, through
 ``relay.bus.want``) want, one connection per shard (:mod:`.readers`); ids are ordered per
 partition and a stream resumes from one cursor naming a position per partition (:mod:`.cursor`,
-:mod:`.backbone`). docs/design-redis-cluster.md describes what is built and what is not.
+:mod:`.backbone`). Durable sinks (webhooks) get every event from per-partition logs read through
+one consumer group (:mod:`.durable_log`). docs/design-redis-cluster.md describes what is built
+and what is not.
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ def relay_config_sections():
                                        "(WAIT); fewer: 503, the event is stored but may be lost by a failover",
                min=0),
         Option("ack_timeout", float, 0.1, "seconds WAIT waits for ack_replicas", min=0.001),
+        Option("durable_log", str, "auto", "append every event to its partition's durable log, read by the durable "
+                                           "sinks (webhooks) through a consumer group; auto: when a durable sink is set "
+                                           "up here (webhooks with endpoints); true: also on instances without one",
+               choices=("auto", "true", "false")),
+        Option("durable_group", str, "relay-sinks", "consumer group through which the durable sinks read the logs"),
+        Option("log_maxlen", int, 100000, "entries kept per partition's durable log (approximate trim): how far "
+                                          "the durable sinks may lag", min=1),
+        Option("log_batch", int, 100, "entries read at once from one partition's durable log", min=1),
+        Option("log_wait", float, 0.2, "seconds a shard's durable log reader waits (BLOCK) when its partitions "
+                                       "are empty: the longest delay before a sink sees a new event", min=0.01),
+        Option("claim_idle", float, 30.0, "seconds an entry read but not acknowledged stays with its reader "
+                                          "before another worker claims it (a worker that died)", min=0.1),
     ), "The Redis Cluster backbone (used when backbone = 'redis+cluster://host:port,…').")]
 
 

@@ -22,6 +22,7 @@ import time
 import redis
 
 from plugins.redis_cluster_backbone.cursor import Id, Positions, parse_cursor
+from plugins.redis_cluster_backbone.durable_log import DurableLog, log_mode
 from plugins.redis_cluster_backbone.keys import Layout, PartitionKeys
 from plugins.redis_cluster_backbone.readers import Router, ShardReader
 from plugins.redis_cluster_backbone.scripts import CHECK_SCRIPT, PUBLISH_SCRIPT, RESTARTS_KEPT
@@ -97,9 +98,21 @@ class ClusterBackbone(Backbone):
         self.lost_up_to: dict[int, Id] = {}
         self.heard_messages = self.heard_bytes = 0
         self.router = Router(self)
+        # Durable sinks read every event from the partitions' logs (durable_log.py), not here;
+        # decided once the plugins have set up their state (relay_init_app): durable_mode().
+        self._mode: tuple[bool, bool] | None = None
+        self.durable: DurableLog | None = None
         self.source = ClusterSource(self)
         relay.bus.channel_wanted.connect(self._wanted, weak=False)
         relay.bus.channel_unwanted.connect(self._unwanted, weak=False)
+
+    def durable_mode(self) -> tuple[bool, bool]:
+        """(write the durable log, read it here): see :func:`.durable_log.log_mode`."""
+        if self._mode is None:
+            self._mode = log_mode(self.relay, self.settings)
+            if self._mode[1]:
+                self.durable = DurableLog(self, decode)
+        return self._mode
 
     def _wanted(self, channel: str) -> None:
         self.router.want(channel)
@@ -120,9 +133,10 @@ class ClusterBackbone(Backbone):
         then = (("WAIT", replicas, int(self.settings["ack_timeout"] * 1000)),) if replicas else ()
         try:
             client = self.topology.client(self.topology.node_for(keys.slot))
-            answers = PUBLISH.run(client, [*keys.dataset(), keys.stream(event.channel), keys.announcement(event.channel)],
+            answers = PUBLISH.run(client, [*keys.dataset(), keys.stream(event.channel), keys.announcement(event.channel),
+                                           keys.log()],
                                   [self.settings["maxlen"], int(self.settings["max_age"] * 1000), encode(event),
-                                   RESTARTS_KEPT], then)
+                                   self.settings["log_maxlen"] if self.durable_mode()[0] else 0, RESTARTS_KEPT], then)
         except CONNECTION_ERRORS as exc:
             self.topology.refresh_soon()  # MOVED, a dead master: the next publish goes where it should
             raise BackboneUnavailable(f"redis cluster backbone: {type(exc).__name__}: {exc}") from exc
@@ -157,6 +171,8 @@ class ClusterBackbone(Backbone):
         if self.last_ids.get(event.channel, (-1, -1)) >= key:
             return  # already delivered (heard during a catch-up)
         self.last_ids[event.channel] = key
+        if self.durable_mode()[1]:  # the durable sinks take it from the log: relay_deliver skips them for it
+            self.relay.durable_sources.add(event.source)
         self.positions.advance(self.layout.of(event.channel).number, key)
         event.cursor = self.positions.cursor(event.id)
         self.memory.publish_local(event, self.relay.deliver)
@@ -305,7 +321,8 @@ class ClusterBackbone(Backbone):
         return {**self.memory.stats(), "kind": "redis-cluster", "shards": len(readers),
                 "shards_subscribed": sum(r.up for r in readers), "subscribed": len(self.router.reader_of),
                 "awaiting_confirmation": sum(len(batch[0]) for r in readers for batch in r.batches), "heard_messages": self.heard_messages,
-                "heard_bytes": self.heard_bytes, "slot_map_refreshes": self.topology.refreshes}
+                "heard_bytes": self.heard_bytes, "slot_map_refreshes": self.topology.refreshes,
+                "durable_log": self.durable.stats() if self.durable else ("write" if self.durable_mode()[0] else "off")}
 
 
 class Follow:
@@ -352,7 +369,13 @@ class ClusterSource(Source):
         topology.refresh()
         router.assign(set(relay.bus.wanted()) - set(router.reader_of))
         self.update_status()
-        while not self.stopping.wait(1.0):
+        self.backbone.durable_mode()
+        durable = self.backbone.durable
+        while True:
+            if durable is not None:
+                durable.ensure_readers()
+            if self.stopping.wait(1.0):
+                break
             if router.unassigned and topology.refresh():
                 router.assign(set(router.unassigned))
             elif not router.all_up() and topology.refresh():
@@ -371,5 +394,7 @@ class ClusterSource(Source):
 
     def stop(self) -> None:
         super().stop()
+        if self.backbone.durable is not None:
+            self.backbone.durable.stop()
         self.backbone.router.stop()
         self.backbone.topology.close()

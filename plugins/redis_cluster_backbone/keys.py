@@ -58,6 +58,11 @@ class PartitionKeys:
     def stream(self, channel: str) -> str:
         return self.key(f"s:{channel}")
 
+    def log(self) -> str:
+        """The partition's durable log: every event of its channels, read by the durable sinks
+        through one consumer group (:mod:`plugins.redis_cluster_backbone.durable_log`)."""
+        return self.key("log")
+
     def announcement(self, channel: str) -> str:
         """The channel's sharded pub/sub channel; tagged too, so it stays with the streams when
         slots move (Redis does not check a script's SPUBLISH against the slot)."""

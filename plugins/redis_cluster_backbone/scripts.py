@@ -33,9 +33,11 @@ if redis.call('GET', KEYS[3]) ~= run then
 end
 """
 
-# Numbers the event from the partition's counter (ids order within the partition), keeps it in
-# its channel's stream and announces it on the channel's sharded pub/sub channel, atomically.
-# KEYS 5: the stream, 6: the announcement channel. ARGV: maxlen, max age (ms), body, kept.
+# Numbers the event from the partition's counter (ids order within the partition), appends it
+# to the partition's durable log (for the durable sinks, when ARGV[4] > 0), keeps it in its
+# channel's stream and announces it on the channel's sharded pub/sub channel, atomically.
+# KEYS 5: the stream, 6: the announcement channel, 7: the durable log.
+# ARGV: maxlen, max age (ms), body, log maxlen (0: no log), kept.
 PUBLISH_SCRIPT = NOTE_RESTART + """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -43,6 +45,9 @@ local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if ms < last then ms = last end
 redis.call('SET', KEYS[1], ms)
 local id = ms .. '-' .. redis.call('INCR', KEYS[2])
+if tonumber(ARGV[4]) > 0 then  -- first: a refused XADD then leaves no stream entry behind
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], id, 'e', ARGV[3])
+end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[3])
 if tonumber(ARGV[2]) > 0 then
   redis.call('XTRIM', KEYS[5], 'MINID', '~', (ms - tonumber(ARGV[2])) .. '-0')
