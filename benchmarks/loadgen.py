@@ -1,4 +1,4 @@
-"""The load client: N SSE connections spread over several processes, and a paced Redis publisher.
+"""The load client: N SSE connections spread over several processes, and a paced publisher (Redis or HTTP).
 
 Each worker process runs one event loop (uvloop when installed, else asyncio's) with a raw
 ``asyncio.Protocol`` per connection and a tiny parser: it never decodes SSE fully, it finds the
@@ -446,22 +446,46 @@ def payload(system: str, seq: int, ts: float) -> str:
     return json.dumps({"event": "bench", "data": data}, separators=(",", ":"))  # relay's envelope
 
 
+@dataclass(frozen=True)
+class HTTPTarget:
+    """Where and how the publisher POSTs each message when a system is published to over HTTP.
+
+    :param port: the server's port on 127.0.0.1.
+    :param path: the publish endpoint (Centrifugo's ``/api/publish``, relay's ``/events/<channel>``).
+    :param headers: sent with every request (an API key, ``Authorization: Bearer …``).
+    :param form: the body: ``"centrifugo"`` (``{"channel", "data"}``) or ``"relay"`` (relay's
+        ``{"event", "data"}``).
+    :param status: the status of an accepted publish (Centrifugo 200, relay 202).
+    """
+
+    port: int
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+    form: str = "centrifugo"
+    status: int = 200
+
+
 class _HTTPAPIPublisher:
-    """Publishes through a server HTTP API (Centrifugo's ``POST /api/publish`` with its API key).
+    """Publishes through a server HTTP API (Centrifugo's ``POST /api/publish`` with its API key,
+    relay's ``POST /events/<channel>`` with a token).
 
     Open loop, like ``PUBLISH`` to Redis: requests are pipelined on one keep-alive connection at
     the paced times and a thread reads the answers, so a server that answers late makes its
     deliveries late (measured) instead of slowing the publisher down (hidden). One connection
-    keeps the order: Go's HTTP/1.1 server handles a connection's requests one after another."""
+    keeps the order: an HTTP/1.1 server (Go's, gunicorn's) handles a connection's requests one
+    after another."""
 
-    def __init__(self, port: int, key: str):
+    def __init__(self, target: HTTPTarget):
         import threading
 
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.target = target
+        self.sock = socket.create_connection(("127.0.0.1", target.port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(None)
-        self.head = (f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {key}\r\n"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in target.headers)
+        self.head = (f"POST {target.path} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n{extra}"
                      "Content-Type: application/json\r\nContent-Length: ").encode()
+        self.ok = str(target.status).encode()
         self.sent = self.answered = 0
         self.error: str | None = None
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -470,7 +494,10 @@ class _HTTPAPIPublisher:
     def publish(self, channel: str, data: str) -> None:
         if self.error:
             raise RuntimeError(self.error)
-        body = f'{{"channel":{json.dumps(channel)},"data":{data}}}'.encode()
+        if self.target.form == "relay":
+            body = f'{{"event":"bench","data":{data}}}'.encode()
+        else:
+            body = f'{{"channel":{json.dumps(channel)},"data":{data}}}'.encode()
         self.sock.sendall(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
         self.sent += 1
 
@@ -492,7 +519,7 @@ class _HTTPAPIPublisher:
                     self.error = f"answer without Content-Length: {status!r}"
                     return
                 body = f.read(length)
-                if status.split()[1:2] != [b"200"] or b'"error"' in body:
+                if status.split()[1:2] != [self.ok] or b'"error"' in body:
                     self.error = f"publish failed: {status.strip()!r} {body[:300]!r}"
                     return
                 self.answered += 1
@@ -520,12 +547,12 @@ class _HTTPAPIPublisher:
 
 
 def _publisher(pipe, redis_port: int, channel: str, system: str, lo: int, count: int, rate: float,
-               cpus=None, http_api=None) -> None:
+               cpus=None, http_api: HTTPTarget | None = None) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
         if http_api:
-            client = _HTTPAPIPublisher(*http_api)
+            client = _HTTPAPIPublisher(http_api)
         else:
             import redis
 
@@ -572,8 +599,8 @@ class Publisher:
     """Publishes ``count`` messages at ``rate`` per second from its own process."""
 
     def __init__(self, redis_port: int, channel: str, system: str, lo: int, count: int, rate: float, cpus=None,
-                 http_api: tuple[int, str] | None = None):
-        """``http_api``: (port, key) to publish through Centrifugo's server API instead of Redis."""
+                 http_api: HTTPTarget | None = None):
+        """``http_api``: publish over HTTP (Centrifugo's server API, relay's publish endpoint) instead of Redis."""
         ctx = multiprocessing.get_context("fork")
         self.pipe, theirs = ctx.Pipe()
         self.proc = ctx.Process(target=_publisher,

@@ -3,9 +3,11 @@
     python -m benchmarks.run                 # every scenario, every system (~15 minutes without Centrifugo)
     python -m benchmarks.run --quick         # small sizes, short runs (~2 minutes)
     python -m benchmarks.run --systems relay --scenarios fanout-100x200
+    python -m benchmarks.run --scenarios backbone   # relay's Redis backbone against its in-memory one
 
 Starts a private redis-server, then for each scenario and each system: starts the system,
-connects the load client, publishes through Redis, measures, stops the system. Results go to
+connects the load client, publishes (through Redis, or over HTTP where that is the system's
+interface), measures, stops the system. Results go to
 ``benchmarks/results/<time>.json`` (and ``latest.json``) and a table on standard output.
 See benchmarks/README.md.
 """
@@ -59,8 +61,9 @@ class Bench:
         load.record(lo, lo + count)
         publisher = Publisher(self.redis.port, CHANNEL, system.name, lo, count, rate, cpus=servers.PIN["load"],
                               http_api=system.http_api())
-        expected = max(1, count * clients)
+        expected = count * clients  # 0 in a publish-only run (no client): nothing to wait for
         server_cpu0, load_cpu0 = procstat.cpu_seconds(system.pids()), load.cpu_seconds()
+        worker_cpu0 = procstat.cpu_seconds(system.worker_pids())
         redis_cpu0 = self.redis.cpu_seconds()
         profiler = self.start_profiler(system, seconds)
         started = time.time()
@@ -85,7 +88,10 @@ class Bench:
                 profiler.wait(seconds + 30)
             except subprocess.TimeoutExpired:
                 profiler.kill()
+        if not clients:  # publish only: let the worker finish the last events before its CPU is read
+            self.settle(system, limit=drain)
         server_cpu = procstat.cpu_seconds(system.pids()) - server_cpu0
+        worker_cpu = procstat.cpu_seconds(system.worker_pids()) - worker_cpu0
         load_cpu = load.cpu_seconds() - load_cpu0
         redis_cpu = self.redis.cpu_seconds() - redis_cpu0
         lat = sorted(collected.latencies)
@@ -95,7 +101,8 @@ class Bench:
             "clients": clients, "rate": rate, "messages": count, "publish_seconds": round(publish_seconds, 3),
             "publisher_worst_lag_ms": round(behind * 1000, 1), **publisher.extra,
             "expected": expected, "received": received_unique,
-            "lost": max(0, expected - received_unique), "loss_pct": round(100.0 * max(0, expected - received_unique) / expected, 3),
+            "lost": max(0, expected - received_unique),
+            "loss_pct": round(100.0 * max(0, expected - received_unique) / max(1, expected), 3),
             "out_of_order": collected.out_of_order, "duplicates": collected.duplicates,
             "latency_ms": {k: round(percentile(lat, q) * 1000, 2) if lat else None
                            for k, q in (("p50", .5), ("p95", .95), ("p99", .99))} | {
@@ -104,14 +111,21 @@ class Bench:
             "last_delivery_after_publish_s": round(max(0.0, (collected.last_rx or published_at) - published_at), 3),
             "server_cpu_s": round(server_cpu, 2),
             "server_cpu_us_per_delivery": round(server_cpu / received_unique * 1e6, 2) if received_unique else None,
-            "load_client_cpu_s": round(load_cpu, 2), "redis_cpu_s": round(redis_cpu, 2),
+            # The worker alone (gunicorn's arbiter left out), per delivery and per event published
+            # (HTTP request, backbone, fan-out); redis-server's the same way.
+            "worker_cpu_s": round(worker_cpu, 3),
+            "worker_cpu_us_per_delivery": round(worker_cpu / received_unique * 1e6, 2) if received_unique else None,
+            "worker_cpu_us_per_event": round(worker_cpu / count * 1e6, 1),
+            "load_client_cpu_s": round(load_cpu, 2), "redis_cpu_s": round(redis_cpu, 3),
+            "redis_cpu_us_per_delivery": round(redis_cpu / received_unique * 1e6, 2) if received_unique else None,
+            "redis_cpu_us_per_event": round(redis_cpu / count * 1e6, 1),
             "connections_open_after": collected.open, "closed_by_server": collected.closed_by_server,
             "load_loop": collected.loop,
         }
 
     def start_profiler(self, system, seconds: float):
         """``--profile DIR``: py-spy samples the Python server's worker while it publishes."""
-        if not self.args.profile or system.name not in ("relay", "relay-allcores", "flask-sse"):
+        if not self.args.profile or not system.gunicorn:
             return None
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         worker = system.pids()[-1]  # gunicorn's arbiter first, then its one worker
@@ -197,14 +211,40 @@ class Bench:
             for i in range(self.args.passes):
                 if i:
                     self.settle(system)
-                run = self.measure(system, load, connected, rate, seconds, drain=self.args.drain)
-                passes.append(run)
-                self.log(f"  {name}: pass {i + 1}: {rate:g} msg/s for {seconds:g}s to {connected} clients: "
-                         f"p50 {run['latency_ms']['p50']} ms, p99 {run['latency_ms']['p99']} ms, lost {run['lost']}")
-            # The headline is the median pass by p99 (a missing p99, i.e. nothing arrived, sorts last).
-            ranked = sorted(passes, key=lambda r: (r["latency_ms"]["p99"] is None, r["latency_ms"]["p99"] or 0))
-            return {"run": ranked[(len(ranked) - 1) // 2], "passes": passes}
+                passes.append(self.fanout_pass(name, system, load, connected, rate, seconds, i))
+            return {"run": median_pass(passes), "passes": passes}
         return self.with_system(name, [clients], body)
+
+    def fanout_pass(self, name, system, load, connected, rate, seconds, i) -> dict:
+        run = self.measure(system, load, connected, rate, seconds, drain=self.args.drain)
+        self.log(f"  {name}: pass {i + 1}: {rate:g} msg/s for {seconds:g}s to {connected} clients: "
+                 f"p50 {run['latency_ms']['p50']} ms, p99 {run['latency_ms']['p99']} ms, lost {run['lost']}")
+        return run
+
+    def fanout_pair(self, names: list[str], clients: int, rate: float, seconds: float) -> dict:
+        """:meth:`fanout` for two systems running side by side, their passes taken in turn (one
+        system publishing at a time, the other idle), so that a change in what else the machine
+        does weighs on both alike. For a ratio between them: relay-redis/relay-memory."""
+        first, second = names
+        passes: dict[str, list] = {first: [], second: []}
+
+        def both(system_a, load_a, connected_a):
+            def body(system_b, load_b, connected_b):
+                turns = [(first, system_a, load_a, connected_a), (second, system_b, load_b, connected_b)]
+                for i in range(self.args.passes):
+                    for name, system, load, connected in turns:
+                        self.settle(system_a)
+                        self.settle(system_b)
+                        passes[name].append(self.fanout_pass(name, system, load, connected, rate, seconds, i))
+                return {}
+            return {"partner": self.with_system(second, [clients], body)}
+
+        out = {first: self.with_system(first, [clients], both)}
+        out[second] = out[first].pop("partner")
+        for name in names:
+            if "error" not in out[name]:
+                out[name].update(run=median_pass(passes[name]), passes=passes[name])
+        return out
 
     def idle(self, name: str, steps: list[int], rate: float, seconds: float) -> dict:
         def body(system, load, connected):
@@ -260,7 +300,21 @@ class Bench:
         self.redis.stop()
 
 
-SCENARIOS = ["fanout-100x200", "fanout-1000x50", "idle", "saturation"]
+SCENARIOS = ["fanout-100x200", "fanout-1000x50", "idle", "saturation",
+             "backbone-1000x50", "backbone-20x200", "backbone-publish"]
+# The backbone scenarios compare relay with itself: the same worker, the same load, events
+# published over HTTP (the path through the backbone) into the in-memory or the Redis backbone.
+BACKBONE_SCENARIOS = [s for s in SCENARIOS if s.startswith("backbone-")]
+BACKBONE_SYSTEMS = ["relay-memory", "relay-redis"]
+ALIASES = {"backbone": BACKBONE_SCENARIOS}
+
+
+def systems_for(scenario: str, systems: list[str]) -> list[str]:
+    """The systems a scenario runs on: the backbone scenarios always compare both backbones
+    (or the one ``--systems`` names), the others run what ``--systems`` asks for."""
+    if scenario in BACKBONE_SCENARIOS:
+        return [s for s in BACKBONE_SYSTEMS if s in systems] or BACKBONE_SYSTEMS
+    return systems
 
 
 def plan(args) -> dict:
@@ -270,6 +324,9 @@ def plan(args) -> dict:
             "fanout-1000x50": dict(clients=200, rate=50, seconds=3),
             "idle": dict(steps=[300, 600], rate=10, seconds=3),
             "saturation": dict(clients=200, rates=[20, 40, 80, 160, 320], seconds=2, refine=1),
+            "backbone-1000x50": dict(clients=200, rate=50, seconds=3),
+            "backbone-20x200": dict(clients=20, rate=100, seconds=3),
+            "backbone-publish": dict(clients=0, rate=100, seconds=3),
         }
     return {
         "fanout-100x200": dict(clients=100, rate=200, seconds=10),
@@ -278,11 +335,22 @@ def plan(args) -> dict:
         "saturation": dict(clients=1000, rates=[5, 10, 20, 40, 60, 80, 100, 125, 150, 200, 250, 320, 400, 500, 650,
                                                  800, 1000, 1300],
                            seconds=5, refine=3),
+        # Per-delivery costs dominate at 1000 clients, per-event ones (the HTTP request, the
+        # backbone's round trip) at 20; with no client the worker's CPU is the publish path alone.
+        "backbone-1000x50": dict(clients=1000, rate=50, seconds=10),
+        "backbone-20x200": dict(clients=20, rate=200, seconds=10),
+        "backbone-publish": dict(clients=0, rate=200, seconds=10),
     }
 
 
+def median_pass(passes: list[dict]) -> dict:
+    """The headline pass: the median by p99 (a missing p99, i.e. nothing arrived, sorts last)."""
+    ranked = sorted(passes, key=lambda r: (r["latency_ms"]["p99"] is None, r["latency_ms"]["p99"] or 0))
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def run_scenario(bench: Bench, scenario: str, system: str, p: dict) -> dict:
-    if scenario.startswith("fanout"):
+    if scenario.startswith(("fanout", "backbone")):
         return bench.fanout(system, p["clients"], p["rate"], p["seconds"])
     if scenario == "idle":
         return bench.idle(system, p["steps"], p["rate"], p["seconds"])
@@ -318,6 +386,9 @@ def headline(result: dict) -> dict:
                 "p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "p99_ms": lat.get("p99"), "max_ms": lat.get("max"),
                 "deliveries_per_s": run.get("deliveries_per_s"), "server_cpu_s": run.get("server_cpu_s"),
                 "server_cpu_us_per_delivery": run.get("server_cpu_us_per_delivery"),
+                "worker_cpu_us_per_delivery": run.get("worker_cpu_us_per_delivery"),
+                "worker_cpu_us_per_event": run.get("worker_cpu_us_per_event"),
+                "redis_cpu_s": run.get("redis_cpu_s"), "redis_cpu_us_per_event": run.get("redis_cpu_us_per_event"),
                 "load_client_cpu_s": run.get("load_client_cpu_s"),
                 "rss_idle_mb": r.get("rss_idle_mb"),
                 "rss_per_connection_kb": (r.get("connect") or [{}])[-1].get("rss_per_connection_kb"),
@@ -327,6 +398,12 @@ def headline(result: dict) -> dict:
             if r.get("passes"):
                 h["p99_ms_passes"] = [p["latency_ms"]["p99"] for p in r["passes"]]
                 h["loss_pct_passes"] = [p["loss_pct"] for p in r["passes"]]
+                # CPU figures vary less than latency between passes: the backbone comparison
+                # takes each pass's and reports their median.
+                for key in ("worker_cpu_us_per_delivery", "worker_cpu_us_per_event"):
+                    values = sorted(p[key] for p in r["passes"] if p.get(key) is not None)
+                    h[key + "_passes"] = [p.get(key) for p in r["passes"]]
+                    h[key + "_median"] = values[(len(values) - 1) // 2] if values else None
             if scenario == "idle" and r.get("connect"):
                 c = r["connect"]
                 first = c[0]
@@ -373,6 +450,23 @@ ROWS = [  # ↓: lower is better
     ("saturation", "p99_ms", "p99 at that rate, ms ↓"),
     ("saturation", "server_cpu_us_per_delivery", "server CPU µs/delivery at that rate ↓"),
     ("saturation", "load_client_cpu_s", "load client CPU s at that rate"),
+    ("backbone-1000x50", "worker_cpu_us_per_delivery_median", "worker CPU µs/delivery (median pass) ↓"),
+    ("backbone-1000x50", "worker_cpu_us_per_delivery_passes", "worker CPU µs/delivery, each pass ↓"),
+    ("backbone-1000x50", "worker_cpu_us_per_event_median", "worker CPU µs/event (median pass) ↓"),
+    ("backbone-1000x50", "redis_cpu_us_per_event", "redis-server CPU µs/event ↓"),
+    ("backbone-1000x50", "p50_ms", "p50 latency, ms ↓"),
+    ("backbone-1000x50", "p99_ms", "p99 latency, ms ↓"),
+    ("backbone-1000x50", "loss_pct", "loss, %"),
+    ("backbone-20x200", "worker_cpu_us_per_delivery_median", "worker CPU µs/delivery (median pass) ↓"),
+    ("backbone-20x200", "worker_cpu_us_per_delivery_passes", "worker CPU µs/delivery, each pass ↓"),
+    ("backbone-20x200", "worker_cpu_us_per_event_median", "worker CPU µs/event (median pass) ↓"),
+    ("backbone-20x200", "redis_cpu_us_per_event", "redis-server CPU µs/event ↓"),
+    ("backbone-20x200", "p50_ms", "p50 latency, ms ↓"),
+    ("backbone-20x200", "p99_ms", "p99 latency, ms ↓"),
+    ("backbone-20x200", "loss_pct", "loss, %"),
+    ("backbone-publish", "worker_cpu_us_per_event_median", "worker CPU µs/event, no client (publish path) ↓"),
+    ("backbone-publish", "worker_cpu_us_per_event_passes", "worker CPU µs/event, no client, each pass ↓"),
+    ("backbone-publish", "redis_cpu_us_per_event", "redis-server CPU µs/event, no client ↓"),
 ]
 
 
@@ -382,6 +476,8 @@ def table(result: dict, markdown: bool = False) -> str:
     pairs = [("relay", p) for p in systems if "relay" in systems and not p.startswith("relay")]
     if "relay-allcores" in systems and "centrifugo-allcores" in systems:  # all cores against all cores
         pairs.append(("relay-allcores", "centrifugo-allcores"))
+    if "relay-redis" in systems and "relay-memory" in systems:  # the backbones against each other
+        pairs.append(("relay-redis", "relay-memory"))
     head = ["scenario", "figure"] + systems + [f"{a}/{b}" for a, b in pairs]
     lines = [head]
     for scenario, key, label in ROWS:
@@ -445,6 +541,19 @@ def targets(result: dict) -> list[tuple[str, bool | None, str]]:
     if connected:
         out.append(("10,000 concurrent connections on one worker", connected[-1] >= 10000,
                     f"{connected[-1]:,} connected"))
+    for scenario in ("backbone-1000x50", "backbone-20x200"):
+        redis_us = get(scenario, "relay-redis", "worker_cpu_us_per_delivery_median")
+        memory_us = get(scenario, "relay-memory", "worker_cpu_us_per_delivery_median")
+        if redis_us is not None and memory_us:
+            clients = get(scenario, "relay-redis", "clients")
+            ratio = redis_us / memory_us
+            # A worker that fell behind writes several events per write: cheaper per delivery,
+            # so the two figures would not measure the same work.
+            behind = [f"{s} fell behind (p99 {get(scenario, s, 'p99_ms')} ms): not like for like"
+                      for s in BACKBONE_SYSTEMS if (get(scenario, s, "p99_ms") or 0) > 1000]
+            out.append((f"Redis backbone CPU per delivery <= 1.2 x memory ({scenario})", ratio <= 1.2 and not behind,
+                        f"worker {redis_us} vs {memory_us} µs per delivery at {clients} clients: {ratio:.2f} x "
+                        f"(median of each system's passes)" + "".join(f"; {b}" for b in behind)))
     held = {sc: get(sc, "relay", "redis_connections") for sc in h if get(sc, "relay", "redis_connections") is not None}
     if held:
         out.append(("one Redis connection per worker whatever the number of clients", set(held.values()) == {1},
@@ -502,7 +611,10 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default="relay,flask-sse,node,centrifugo",
                         help="comma-separated: " + ", ".join(SYSTEMS) + " (centrifugo: GOMAXPROCS=1 against "
                         "relay's one worker; the -allcores pair: every CPU each)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated: " + ", ".join(SCENARIOS) + " (backbone: the three backbone-* "
+                        "scenarios, which run on relay-memory and relay-redis whatever --systems says, unless "
+                        "it names one of them)")
     parser.add_argument("--processes", type=int, default=3, help="load client processes")
     parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds one connection may take")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds to wait for late deliveries")
@@ -528,7 +640,7 @@ def main(argv=None) -> int:
         print(targets_text(earlier, markdown=args.markdown))
         return 0
     systems = [s for s in args.systems.split(",") if s]
-    scenarios = [s for s in args.scenarios.split(",") if s]
+    scenarios = [x for s in args.scenarios.split(",") if s for x in ALIASES.get(s, [s])]
     for s in systems:
         if s not in SYSTEMS:
             parser.error(f"unknown system {s!r}")
@@ -544,10 +656,12 @@ def main(argv=None) -> int:
         if not systems:
             print("no system left to measure", file=sys.stderr)
             return 1
+    plan_systems = {sc: systems_for(sc, systems) for sc in scenarios}
+    measured = list(dict.fromkeys(s for sc in scenarios for s in plan_systems[sc]))  # the table's columns
     p = plan(args)
     for sc in p.values():
         if args.clients:
-            if "clients" in sc:
+            if sc.get("clients"):  # a publish-only scenario keeps its 0
                 sc["clients"] = args.clients
             if "steps" in sc:
                 sc["steps"] = [args.clients, args.clients * 2]
@@ -562,14 +676,25 @@ def main(argv=None) -> int:
     # A SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C, so every server is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,
-              "systems": systems, "skipped": skipped, "plan": {k: p[k] for k in scenarios}, "machine": machine(),
+              "systems": measured, "skipped": skipped, "plan": {k: p[k] for k in scenarios}, "machine": machine(),
               "load_client_processes": args.processes,
               "pinning": {k: sorted(v) if v else None for k, v in servers.PIN.items()}, "scenarios": {}}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         try:
             for scenario in scenarios:
-                for system in systems:
+                if scenario in BACKBONE_SCENARIOS and len(plan_systems[scenario]) == 2:
+                    bench.log(f"{scenario} / {' and '.join(plan_systems[scenario])} side by side, passes in turn "
+                              f"(load average {procstat.load_average()[0]:.2f})")
+                    try:
+                        r = bench.fanout_pair(plan_systems[scenario], **p[scenario])
+                    except Exception as exc:  # noqa: BLE001 - report it, go on with the other scenarios
+                        bench.log(f"  failed: {exc!r}")
+                        r = {s: {"error": repr(exc)[:2000]} for s in plan_systems[scenario]}
+                    result["scenarios"][scenario] = r
+                    time.sleep(1.0)
+                    continue
+                for system in plan_systems[scenario]:
                     bench.log(f"{scenario} / {system} (load average {procstat.load_average()[0]:.2f})")
                     try:
                         r = run_scenario(bench, scenario, system, p[scenario])

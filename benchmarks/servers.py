@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks import procstat
-from benchmarks.loadgen import free_port
+from benchmarks.loadgen import HTTPTarget, free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -138,9 +138,10 @@ class System:
     headers_with_first_event = False  # Flask-SSE answers a stream only when its first event comes
     subscribes_per_client = False  # Flask-SSE opens one Redis connection per client
     chunked = False  # the load client must undo HTTP chunking (events may straddle chunks)
+    gunicorn = False  # an arbiter with worker processes (worker_pids leaves the arbiter out)
 
-    def http_api(self) -> tuple[int, str] | None:
-        """(port, API key) when messages are published through the system's HTTP API, not Redis."""
+    def http_api(self) -> HTTPTarget | None:
+        """Where to POST messages when they are published through the system's HTTP API, not Redis."""
         return None
 
     def __init__(self, workdir: Path, redis_port: int):
@@ -175,6 +176,11 @@ class System:
     def pids(self) -> list[int]:
         return procstat.tree(self.proc.pid) if self.proc else []
 
+    def worker_pids(self) -> list[int]:
+        """The processes that serve clients: gunicorn's workers without their arbiter."""
+        pids = self.pids()
+        return pids[1:] if self.gunicorn and len(pids) > 1 else pids
+
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
@@ -206,6 +212,7 @@ def _base_env() -> dict[str, str]:
 class Relay(System):
     name = "relay"
     stream_path = f"/events/{CHANNEL}"
+    gunicorn = True
 
     def command(self):
         env = _base_env()
@@ -226,6 +233,7 @@ class Relay(System):
 
 class FlaskSSE(System):
     name = "flask-sse"
+    gunicorn = True
     stream_path = f"/stream?channel={CHANNEL}"
     headers_with_first_event = True
     subscribes_per_client = True
@@ -285,6 +293,56 @@ class RelayAllCores(Relay):
                                    f"log {self.log}")
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited; log {self.log}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+
+# -- relay's two backbones, events published over HTTP ------------------------------------------
+
+BENCH_JWT_KEY = "relay-benchmark-key-not-a-secret-0123456789"  # HS256 wants 32 bytes or more
+
+
+class RelayMemoryBackbone(Relay):
+    """relay with its in-memory backbone, every event published over HTTP (``POST /events/bench``),
+    which is the path through the backbone; no Redis source. Authorisation is on, as a relay
+    reachable by other hosts must have it: streams of ``bench`` are public, the publisher sends a
+    ``Authorization: Bearer`` token, so each publish pays for checking it, as in production."""
+
+    name = "relay-memory"
+    backbone = "memory"
+
+    def command(self):
+        cmd, env, cwd = super().command()
+        del env["RELAY_REDIS_URL"], env["RELAY_REDIS_CHANNELS"]
+        env.update({"RELAY_BACKBONE": self.backbone, "RELAY_JWT_KEY": BENCH_JWT_KEY,
+                    "RELAY_PUBLIC_CHANNELS": CHANNEL})
+        return cmd, env, cwd
+
+    def http_api(self):
+        token = _jwt_hs256({"sub": "bench-publisher", "exp": int(time.time()) + 86400,
+                            "relay": {"publish": [CHANNEL]}}, BENCH_JWT_KEY)
+        return HTTPTarget(self.port, f"/events/{CHANNEL}", (("Authorization", f"Bearer {token}"),), form="relay",
+                          status=202)
+
+    def wait_ready(self, redis, timeout):
+        _wait_http_ok(self, "/healthz", timeout)
+
+
+class RelayRedisBackbone(RelayMemoryBackbone):
+    """The same with the Redis backbone on the benchmark's redis-server: each publish is a Lua
+    script (stream entry + announcement), and the worker delivers what it hears announced."""
+
+    name = "relay-redis"
+
+    @property
+    def backbone(self):
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def wait_ready(self, redis, timeout):
+        super().wait_ready(redis, timeout)
+        deadline = time.monotonic() + timeout
+        while redis.subscribers("relay:events") < 1:  # the worker's subscription to the announcements
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} never subscribed to the backbone's announcements; log {self.log}")
             time.sleep(0.1)
 
 
@@ -353,7 +411,7 @@ class Centrifugo(System):
         self.stream_path = "/connection/uni_sse?" + urllib.parse.urlencode({"cf_connect": connect})
 
     def http_api(self):
-        return self.port, self.config["http_api"]["key"]
+        return HTTPTarget(self.port, "/api/publish", (("X-API-Key", self.config["http_api"]["key"]),))
 
     def command(self):
         exe = centrifugo_binary()
@@ -380,4 +438,5 @@ class CentrifugoAllCores(Centrifugo):
     gomaxprocs = None
 
 
-SYSTEMS = {cls.name: cls for cls in (Relay, FlaskSSE, Node, RelayAllCores, Centrifugo, CentrifugoAllCores)}
+SYSTEMS = {cls.name: cls for cls in (Relay, FlaskSSE, Node, RelayAllCores, Centrifugo, CentrifugoAllCores,
+                                     RelayMemoryBackbone, RelayRedisBackbone)}
