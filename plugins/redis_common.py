@@ -1,8 +1,9 @@
-"""Redis plumbing shared by the Redis backbone (:mod:`plugins.redis_backbone`) and the Redis
-source (:mod:`plugins.redis_source`): one way to build a connection, one reconnect policy, one
-way to watch a subscribed connection.
+"""Redis plumbing shared by the Redis backbones (:mod:`plugins.redis_backbone`,
+:mod:`plugins.redis_cluster_backbone`) and the Redis source (:mod:`plugins.redis_source`): one
+way to build a connection, one reconnect policy, one way to watch a subscribed connection, one
+way to notice a Redis that came back with less than it acknowledged.
 
-A helper module, not a plugin (no entry point names it). What it decides, for both:
+A helper module, not a plugin (no entry point names it). What it decides, for all of them:
 
 * **Connections** (:func:`connection_options`, :func:`make_pool`, :func:`make_connection`):
   RESP2 whatever the URL asks (relay needs nothing from RESP3, and redis-py turns on RESP3-only
@@ -12,6 +13,9 @@ A helper module, not a plugin (no entry point names it). What it decides, for bo
 * **Reconnecting** (:func:`keep_connected`, :func:`backoff`): connect, serve, close; after a
   failure, report it, wait a capped exponential delay with jitter (reset once the connection had
   been up), and connect again, until the owner stops. Exactly one connection at a time.
+* **Noticing a Redis that came back with less** (:data:`NOTE_RESTART`, :data:`CHECK_SCRIPT`):
+  the Lua that both backbones (one Redis, and each partition on a Redis Cluster) run first in
+  every script, and the check of a resume against it.
 * **Subscriptions** (:func:`read_subscribed`): read a SUBSCRIBE connection, and tell a live one
   from a half-open one: after ``interval`` seconds of silence send a PING and wait for the answer
   (redis-py's own health check sends one but never waits); none within another ``interval``
@@ -162,3 +166,58 @@ def read_subscribed(conn: redis.Connection, stopping: gevent.event.Event, interv
         if ping_sent is None and now - last_heard >= interval:
             conn.send_command("PING", PING_TOKEN)
             ping_sent = now
+
+
+# Run first by every script that reads or writes the dataset. Redis gives a new run_id to every
+# process it starts (a restart, a promoted replica); when it differs from the one stored with
+# the data, Redis may have come back with less than it acknowledged. Write down where that data
+# ends (S0: the counter found) and where new ids begin (R: after the clock found and now), in
+# the hash KEYS[4] (field R, value "S0 L"; L, the highest counter known to have been issued
+# before the restart, starts at S0 and grows when a worker reports having heard more).
+# KEYS: 1 clock, 2 counter, 3 run_id of the process that holds the data, 4 restarts.
+NOTE_RESTART = """
+local info = redis.call('INFO', 'server')
+local at = string.find(info, 'run_id:', 1, true)
+if not at then return redis.error_reply('relay: INFO server shows no run_id, so a restart cannot be told') end
+local run = string.sub(info, at + 7, at + 46)
+if redis.call('GET', KEYS[3]) ~= run then
+  local now = redis.call('TIME')
+  local r = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local clock = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if r <= clock then r = clock + 1 end
+  local s0 = redis.call('GET', KEYS[2]) or '0'
+  redis.call('SET', KEYS[1], r)
+  redis.call('HSET', KEYS[4], r, s0 .. ' ' .. s0)
+  redis.call('SET', KEYS[3], run)
+  if redis.call('HLEN', KEYS[4]) > tonumber(ARGV[#ARGV]) then
+    local oldest = nil
+    for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+      if oldest == nil or tonumber(field) < tonumber(oldest) then oldest = field end
+    end
+    redis.call('HDEL', KEYS[4], oldest)
+  end
+end
+"""
+
+# Was anything lost after the id ARGV[1]-ARGV[2]? It was, at a restart after it (ms < R), when
+# the id itself is past what survived (counter > S0) or when more than survived is known to have
+# been issued (L > S0). With ARGV[3] = 1 (a worker reporting its last heard id, never a client:
+# a client's id is not trusted) the id raises L. Returns 1 (lost) or 0.
+CHECK_SCRIPT = NOTE_RESTART + """
+local ms, seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lost = 0
+local restarts = redis.call('HGETALL', KEYS[4])
+for i = 1, #restarts, 2 do
+  local s0, known = string.match(restarts[i + 1], '^(%d+) (%d+)$')
+  s0, known = tonumber(s0), tonumber(known)
+  if ms < tonumber(restarts[i]) and (seq > s0 or known > s0) then
+    lost = 1
+    if ARGV[3] == '1' and seq > known then
+      redis.call('HSET', KEYS[4], restarts[i], s0 .. ' ' .. ARGV[2])
+    end
+  end
+end
+return lost
+"""
+
+RESTARTS_KEPT = 100  # restarts remembered (per dataset): a resume from before older ones is not checked
