@@ -1,0 +1,3 @@
+module relay.invalid/benchmarks/connections
+
+go 1.22
