@@ -9,6 +9,10 @@ On connect the stream sends ``retry:``, then, for a client that gives ``Last-Eve
 or ``lastEventId`` query parameter for polyfills), the events it missed. When those cannot all
 be replayed, a ``relay-missed`` event comes first. Idle streams get a comment every
 ``heartbeat`` seconds.
+
+Under gunicorn, once a stream is live its events are written to the socket from the hub, once per
+loop iteration, without waking the stream's greenlet (plugins.sse_writer); the greenlet takes
+over whenever the client's socket cannot take a write whole.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import gevent
 from flask import Blueprint, Response, jsonify, request
 from gevent.hub import Waiter, get_hub
 
+from plugins.sse_writer import DirectWriter, direct_socket
 from relay.api import (
     MAX_CURSOR_LENGTH, MISSED_EVENT, ConfigError, InvalidEvent, Option, Replay, Section, check_name, check_networks,
     client_connected, client_disconnected, close_connection_after, encode_comment, encode_event, encode_retry,
@@ -67,10 +72,15 @@ class Client:
     most once per batch; the stream takes the whole list and writes it in one write. Waking goes
     through the hub (``loop.run_callback``), as gevent requires, with one reusable heartbeat timer
     per client instead of a ``Timeout`` object per wait.
+
+    While ``direct`` (the stream is parked in :meth:`wait`, live, under gunicorn), the bus only
+    marks the client for the hub's :class:`plugins.sse_writer.DirectWriter`, which writes the
+    list to ``raw`` itself; what the socket did not take is left in ``unsent`` for the stream.
     """
 
     __slots__ = ("pending", "batch", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
-                 "_timer", "_hub", "presence", "address", "__weakref__")
+                 "_timer", "_interval", "_hub", "presence", "address", "server_response", "raw", "chunked",
+                 "direct", "unsent", "written_at", "_writer", "__weakref__")
 
     def __init__(self, channels: list[str], queue_size: int, sock: socket.socket | None, address: str = ""):
         self.pending: list = []  # events not written yet, oldest first
@@ -87,6 +97,16 @@ class Client:
         self.next_sample = 0.0  # when this client next reports a delivery latency
         # With ?presence=1: the subscriber count last sent per channel (see plugins.presence), else None.
         self.presence: dict[str, int] | None = None
+        # Direct writes (plugins.sse_writer): the server's response object until the headers are
+        # out, then the OS socket and its framing when they can be used.
+        self.server_response = None
+        self.raw: socket.socket | None = None
+        self.chunked = False
+        self.direct = False  # the writer may write to ``raw`` now (only while the stream waits)
+        self.unsent = b""  # framed bytes a direct write left: the stream writes them first
+        self.written_at = 0.0  # time.time() of the last direct write, for the heartbeat
+        self._writer: DirectWriter | None = None
+        self._interval = 0.0  # the heartbeat timer's interval
 
     def offer(self, channel: str, event) -> None:
         """Bus receiver: never blocks. A full queue means the client cannot keep up."""
@@ -96,8 +116,11 @@ class Client:
             return
         pending.append(event)
         self.batch = None
-        if self._waiter is not None:
-            self._wake()
+        if self.direct:
+            if len(pending) == 1:  # the first since the last flush
+                self._writer.mark(self)
+        elif self._waiter is not None:
+            self.wake()
 
     def offer_batch(self, channel: str, events: list) -> None:
         """:meth:`offer` for each of ``events``, in one step (``Bus.send_batch``)."""
@@ -111,16 +134,24 @@ class Client:
         else:  # the usual case: every client's write is the same bytes, joined once (Hub.batch_frames)
             self.pending = list(events)
             self.batch = events
-        if self._waiter is not None:
-            self._wake()
+            if self.direct:
+                self._writer.mark(self)
+                return
+        if self._waiter is not None and not self.direct:
+            self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Resume the waiting stream (from the hub, as gevent requires)."""
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             self._hub.loop.run_callback(waiter.switch, True)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait for an event or a close; ``False`` when ``timeout`` seconds passed without one."""
+    def wait(self, timeout: float, direct: bool = False) -> bool:
+        """Wait for an event or a close; ``False`` when ``timeout`` seconds passed without one.
+
+        :param direct: let the hub's writer write events to the socket meanwhile (the stream is
+            not writing while it waits: one owner of the socket at any moment).
+        """
         if self.pending or self.closed:
             return True
         waiter = self._waiter = Waiter(self._hub)
@@ -129,18 +160,27 @@ class Client:
             # A repeating timer armed with ``again``: every wait gets the full ``timeout``. (``start``
             # would resume from what the last wait left, shorter each time, until it fired at once.)
             timer = self._timer = self._hub.loop.timer(timeout, timeout)
+            self._interval = timeout
+        once = timeout != self._interval  # the rest of a heartbeat interval (see Hub._live)
+        if once:
+            timer = self._hub.loop.timer(timeout, timeout)
         timer.again(waiter.switch, False)
+        self.direct = direct
         try:
             return waiter.get()
         finally:
+            self.direct = False  # before anything else runs in this greenlet: it may write now
             timer.stop()
+            if once:
+                timer.close()
             self._waiter = None
 
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = reason
-        self._wake()  # a waiting stream sees ``closed`` at once
+        self.direct = False  # nothing more is written from the hub
+        self.wake()  # a waiting stream sees ``closed`` at once
         if reason == "slow" and self.sock is not None:
             # The stream may be blocked writing to a client that does not read: unblock it.
             try:
@@ -196,6 +236,7 @@ class Hub:
         self.by_address: dict[str, int] = {}  # open streams per client address, for its limit
         self.presence_frames = None  # set by the presence plugin: client -> its first relay-presence frames
         self._joined: tuple[list | None, bytes] = (None, b"")  # the last batch written, and its frames
+        self.writer: DirectWriter | None = None  # made with the first stream that can use it
 
     def _count(self, client: Client, step: int) -> None:
         """Add (``step`` 1) or remove (-1) ``client`` in ``counts``, ``watchers`` and ``by_address``."""
@@ -234,6 +275,7 @@ class Hub:
                 yield self.retry_frame + self.presence_frames(client)  # relay-presence, no id: not resumable
             else:
                 yield self.retry_frame
+            self._use_direct_writes(client)  # the headers are out: the server's framing is known
             replayed: set[str] = set()
             follow = None
             if last_event_id is not None:
@@ -252,6 +294,7 @@ class Hub:
                     yield b"".join(head)
             yield from self._live(client, replayed, follow)
         finally:
+            client.direct = False
             bus.unsubscribe(client.offer)
             client.stop_watching()
             self._count(client, -1)
@@ -259,12 +302,36 @@ class Hub:
             client_disconnected.send(relay, channels=client.channels, address=client.address,
                                      reason=client.closed or "", clients=len(self.clients))
 
+    def _use_direct_writes(self, client: Client) -> None:
+        target = direct_socket(client.server_response, client.sock) if client.server_response is not None else None
+        client.server_response = None
+        if target is None:
+            return
+        if self.writer is None:
+            self.writer = DirectWriter(self._frames_of, self._sample_latency)
+        client.raw, client.chunked = target
+        client._writer = self.writer
+
     def _live(self, client: Client, replayed: set[str], follow=None):
-        heartbeat = self.settings["heartbeat"]
+        heartbeat = timeout = self.settings["heartbeat"]
         while True:
-            if not client.wait(heartbeat):
+            if client.unsent and not self._write_unsent(client):
+                return
+            # Direct writes only once the replay's overlap and its follow function are done with:
+            # the hub's writer sends the queue as it is.
+            direct = client.raw is not None and not replayed and follow is None
+            if not client.wait(timeout, direct):
+                # Direct writes do not re-arm the heartbeat timer: count the silence from the last.
+                silence = time.time() - client.written_at
+                if silence < heartbeat:
+                    timeout = heartbeat - silence
+                    continue
+                timeout = heartbeat
                 yield HEARTBEAT
                 continue
+            timeout = heartbeat
+            if client.unsent and not self._write_unsent(client):
+                return  # (a shutdown's retry frame must follow whole frames)
             if client.closed:
                 if client.closed == "shutdown":
                     yield self.retry_frame
@@ -296,16 +363,30 @@ class Hub:
                     follow = None
                 if not events:
                     continue
-            if batch is not None and events is taken:
-                data = self.batch_frames(batch)
-            else:
-                try:
-                    data = events[0].frame if len(events) == 1 else b"".join([event.frame for event in events])
-                except Exception:  # noqa: BLE001 - one event that cannot be framed must not end the stream
-                    data = self._frames(events)
+            data = self._frames_of(events, batch if events is taken else None)
             if data:  # empty when every event was skipped (gunicorn would end the body on b"")
                 yield data
             self._sample_latency(client, events[0])
+
+    @staticmethod
+    def _write_unsent(client: Client) -> bool:
+        """Write what a direct write left, from the stream's greenlet; ``False`` if the client is gone."""
+        data, client.unsent = client.unsent, b""
+        try:
+            client.sock.sendall(data)  # gevent's: waits, cooperatively, until the client reads
+        except OSError:
+            client.close("left")
+            return False
+        return True
+
+    def _frames_of(self, events: list, batch: list | None) -> bytes:
+        """The bytes of a client's queued ``events``; ``batch``: the bus's batch when they are it."""
+        if batch is not None:
+            return self.batch_frames(batch)
+        try:
+            return events[0].frame if len(events) == 1 else b"".join([event.frame for event in events])
+        except Exception:  # noqa: BLE001 - one event that cannot be framed must not end the stream
+            return self._frames(events)
 
     def batch_frames(self, batch: list) -> bytes:
         """The frames of a batch the bus handed to every client, joined by the first client that
@@ -373,9 +454,10 @@ class Hub:
             pass  # a server that did not follow WSGI and decoded it already
         return value or None
 
-    def _sample_latency(self, client: Client, event) -> None:
+    def _sample_latency(self, client: Client, event, now: float | None = None) -> None:
         # One observation per client per second keeps the histogram off the hot path.
-        now = time.time()
+        if now is None:
+            now = time.time()
         if now >= client.next_sample:
             client.next_sample = now + 1.0
             try:
@@ -386,6 +468,19 @@ class Hub:
     def close_all(self, reason: str) -> None:
         for client in list(self.clients):
             client.close(reason)
+
+
+class StreamResponse(Response):
+    """The stream's response: tells its client which server response object carries it (the
+    ``start_response`` it is called with), for plugins.sse_writer.direct_socket."""
+
+    def __init__(self, client: Client, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stream_client = client
+
+    def __call__(self, environ, start_response):
+        self.stream_client.server_response = getattr(start_response, "__self__", None)
+        return super().__call__(environ, start_response)
 
 
 def _error(status: int, message: str):
@@ -501,7 +596,8 @@ def relay_init_app(app, relay):
             client.presence = {}
         # direct_passthrough: the generator's bytes go to gunicorn as they are, without werkzeug's
         # encoding and closing wrappers (two calls per write, and stack every idle stream keeps).
-        response = Response(hub.stream(client, last_event_id), content_type="text/event-stream; charset=utf-8", direct_passthrough=True)
+        response = StreamResponse(client, hub.stream(client, last_event_id),
+                                  content_type="text/event-stream; charset=utf-8", direct_passthrough=True)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         response.headers["X-Relay-Worker"] = str(os.getpid())  # which worker serves it, for operators
@@ -521,7 +617,11 @@ def relay_init_app(app, relay):
 @hookimpl
 def relay_health(relay):
     hub = relay.extensions.get("sse")
-    return {"sse": {"state": "up", "clients": len(hub.clients)}} if hub else None
+    if not hub:
+        return None
+    writer = hub.writer  # direct writes (plugins.sse_writer), and those the streams had to finish
+    return {"sse": {"state": "up", "clients": len(hub.clients), "direct_writes": writer.writes if writer else 0,
+                    "direct_writes_handed_over": writer.handed_over if writer else 0}}
 
 
 @hookimpl
