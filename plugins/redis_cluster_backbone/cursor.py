@@ -10,19 +10,24 @@ cursor holds at most ``P`` of them, whatever the number of channels.
 
 from __future__ import annotations
 
+import bisect
+
 from relay.api import parse_stream_id
 
 Id = tuple[int, int]
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+# Two digits per division: a cursor formats two or three numbers per event it gives.
+_PAIRS = [a + b for a in _DIGITS for b in _DIGITS]
+
+
 def base36(number: int) -> str:
     out = ""
-    while True:
-        number, rest = divmod(number, 36)
-        out = _DIGITS[rest] + out
-        if not number:
-            return out
+    while number >= 1296:
+        number, rest = divmod(number, 1296)
+        out = _PAIRS[rest] + out
+    return (_PAIRS[number].lstrip("0") or "0") + out  # the leading pair without its leading zero
 
 
 class Positions(dict):
@@ -30,23 +35,33 @@ class Positions(dict):
 
     def __init__(self, items: dict[int, Id] | None = None):
         super().__init__()
-        self._parts: dict[int, str] = {}
+        # Partitions in increasing order and their text, side by side: a change formats one
+        # partition and joins, with no sort per event.
+        self._order: list[int] = []
+        self._parts: list[str] = []
         self._text: str | None = None
         for partition, at in (items or {}).items():
             self.advance(partition, at)
 
     def advance(self, partition: int, at: Id) -> bool:
         """Move ``partition`` to ``at`` unless it is already there or later; True when it moved."""
-        if self.get(partition, (-1, -1)) >= at:
+        before = self.get(partition)
+        if before is not None and before >= at:
             return False
         self[partition] = at
-        self._parts[partition] = f"{base36(partition)}={base36(at[0])}.{base36(at[1])}"
+        part = f"{base36(partition)}={base36(at[0])}.{base36(at[1])}"
+        index = bisect.bisect_left(self._order, partition)
+        if before is None:
+            self._order.insert(index, partition)
+            self._parts.insert(index, part)
+        else:
+            self._parts[index] = part
         self._text = None
         return True
 
     def text(self) -> str:
         if self._text is None:
-            self._text = ",".join(self._parts[p] for p in sorted(self._parts))
+            self._text = ",".join(self._parts)
         return self._text
 
     def cursor(self, event_id: str) -> str:
