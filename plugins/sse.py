@@ -97,8 +97,9 @@ class Client:
         self.next_sample = 0.0  # when this client next reports a delivery latency
         # With ?presence=1: the subscriber count last sent per channel (see plugins.presence), else None.
         self.presence: dict[str, int] | None = None
-        # Direct writes (plugins.sse_writer): the server's response object until the headers are
-        # out, then the OS socket and its framing when they can be used.
+        # Direct writes (plugins.sse_writer): the server's response object (kept while direct
+        # writes are used: they add to its count of body bytes, for the access log), the OS
+        # socket and its framing.
         self.server_response = None
         self.raw: socket.socket | None = None
         self.chunked = False
@@ -304,8 +305,8 @@ class Hub:
 
     def _use_direct_writes(self, client: Client) -> None:
         target = direct_socket(client.server_response, client.sock) if client.server_response is not None else None
-        client.server_response = None
         if target is None:
+            client.server_response = None
             return
         if self.writer is None:
             self.writer = DirectWriter(self._frames_of, self._sample_latency)

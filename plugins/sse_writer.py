@@ -117,6 +117,7 @@ class DirectWriter:
                 self._last = (events, data, chunk)
             if not data:
                 continue  # every event was skipped as unframeable
+            client.server_response.sent += len(data)  # gunicorn's count of body bytes (its access log)
             if client.chunked:
                 data = chunk
             try:

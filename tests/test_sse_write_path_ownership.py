@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import socket as std_socket
+import time
+from types import SimpleNamespace
 
 import gevent
 import gevent.event
@@ -67,6 +68,7 @@ def direct_client(hub, sock):
     if hub.writer is None:
         hub.writer = DirectWriter(hub._frames_of, hub._sample_latency)
     client.raw, client.chunked, client._writer = sock._sock, True, hub.writer
+    client.server_response = SimpleNamespace(sent=0)  # gunicorn's Response: its count of body bytes
     return client
 
 
