@@ -63,8 +63,8 @@ class BroadcastSource(Source):
             assigned: list[Any] = []
             next_probe = 0.0
             poll_records = settings["consumer"].get("max_poll_records", POLL_RECORDS)
-            # Without it a trickle of records is fetched a few at a time, as fast as round trips
-            # go: 60 % of a core at 1,000 records/s (27 % with it; measured in benchmarks/kafka.py).
+            # Off by default: it halves the CPU of a trickle (a few records per fetch, as fast as
+            # round trips go) but adds ~10 ms to p50 at 10,000 records/s (docs/kafka.md).
             batch_wait = settings["batch_wait_ms"] / 1000
             while not self.stopping.is_set():
                 if time.monotonic() >= next_probe:

@@ -101,9 +101,9 @@ SECTION_SCHEMA = Section(SECTION, (
     Option("replay_timeout", float, 5.0, "seconds a resume may spend reading Kafka", min=0.1),
     Option("replay_concurrency", int, 4, "resumes reading Kafka at once per worker", min=1),
     Option("probe_interval", float, 2.0, "seconds between broker health probes", min=0.1),
-    Option("batch_wait_ms", int, 5, "after a poll that brought records but not a full batch, wait this long "
-           "before the next, so a trickle of records is read in batches: at most this much latency, for a "
-           "fraction of the CPU (0: poll again at once)", env="RELAY_KAFKA_BATCH_WAIT_MS", min=0,
+    Option("batch_wait_ms", int, 0, "after a poll that brought records but not a full batch, wait this long "
+           "before the next, so a trickle of records is read in batches: less CPU at low rates, a longer "
+           "latency tail (0: poll again at once)", env="RELAY_KAFKA_BATCH_WAIT_MS", min=0,
            check=lambda ms: f"{ms} ms: at most 1000" if ms > 1000 else None),
     Option("security", dict, {}, "kafka-python security settings (security_protocol, sasl_*, ssl_*)",
            check=_check_table(SECURITY_KEYS, {"security_protocol": SECURITY_PROTOCOLS,
