@@ -28,18 +28,16 @@ told too, on every worker), and tells its live streams. A resume that crosses a 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import time
 from collections import OrderedDict
 
 import gevent.lock
 import redis
 
 from plugins.redis_common import (
-    CHECK_SCRIPT, CONNECTION_ERRORS, NOTE_RESTART, RESTARTS_KEPT, keep_connected, make_connection, make_pool,
-    read_subscribed,
+    CHECK_SCRIPT, CONNECTION_ERRORS, NOTE_RESTART, RESTARTS_KEPT, decode_event, encode_event, keep_connected,
+    make_connection, make_pool, read_subscribed,
 )
 from relay.api import (
     MISSED_EVENT, REDIS_URL_SCHEMES, Backbone, BackboneUnavailable, Event, InvalidEvent, MemoryBackbone, Option,
@@ -76,18 +74,6 @@ PUBLISH_CONNECTIONS = 4  # a worker's publishes in flight at once (each on a con
 
 def stream_key(prefix: str, channel: str) -> str:
     return f"{prefix}stream:{channel}"
-
-
-def encode(event: Event) -> str:
-    return json.dumps({"channel": event.channel, "event": event.event, "data": event.data,
-                       "source": event.source, "timestamp": event.timestamp},
-                      separators=(",", ":"), ensure_ascii=False)
-
-
-def decode(event_id: str, body: str | bytes) -> Event:
-    fields = json.loads(body)
-    return Event(fields["channel"], fields["event"], fields.get("data"), id=event_id,
-                 source=fields.get("source", "http"), timestamp=fields.get("timestamp", time.time()))
 
 
 @hookimpl
@@ -143,7 +129,7 @@ class RedisBackbone(Backbone):
             raise InvalidEvent("id", "publisher-chosen ids are not supported with the redis backbone: "
                                      "ids are Redis stream ids, assigned in order")
         try:
-            event.id = self.publisher.publish(event.channel, encode(event))
+            event.id = self.publisher.publish(event.channel, encode_event(event))
         except CONNECTION_ERRORS as exc:
             raise BackboneUnavailable(f"redis backbone: {type(exc).__name__}: {exc}") from exc
         return event  # delivered when the announcement comes back, here as on every worker
@@ -192,7 +178,7 @@ class RedisBackbone(Backbone):
         for channel in channels:
             key = stream_key(self.prefix, channel)
             for entry_id, fields in client.xrange(key, f"({last_event_id}", "+", count=limit):
-                events.append(decode(entry_id.decode(), fields[b"e"]))
+                events.append(decode_event(entry_id.decode(), fields[b"e"]))
             try:
                 info = client.xinfo_stream(key)
             except redis.ResponseError:
@@ -354,7 +340,7 @@ class StreamReader(Source):
     def _hear(self, relay, payload: bytes) -> None:
         event_id, _, body = payload.decode("utf-8", "replace").partition("\n")
         try:
-            self._deliver(relay, decode(event_id, body))
+            self._deliver(relay, decode_event(event_id, body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not written by a relay
             event_rejected.send(relay, source="backbone", reason="bad_announcement", error=str(exc),
                                 where=f"announcement channel {self.backbone.notify_channel}", payload=payload[:200])
@@ -379,7 +365,7 @@ class StreamReader(Source):
         self._check_for_loss(relay)
         for channel, (ms, seq) in list(self.last_ids.items()):
             for entry_id, fields in client.xrange(stream_key(self.backbone.prefix, channel), f"({ms}-{seq}", "+"):
-                self._deliver(relay, decode(entry_id.decode(), fields[b"e"]))
+                self._deliver(relay, decode_event(entry_id.decode(), fields[b"e"]))
                 caught += 1
         if caught:
             log.info("redis backbone: delivered %d event(s) stored while the subscription was down", caught)

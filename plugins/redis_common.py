@@ -28,6 +28,7 @@ BLOCK, SUBSCRIBE), and a pub/sub connection serves one subscriber by nature.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -39,6 +40,8 @@ import redis
 import redis.backoff
 import redis.connection
 import redis.retry
+
+from relay.api import Event
 
 # What a broken or refused connection raises: redis-py wraps most socket errors in ConnectionError
 # or TimeoutError, a few OSErrors escape; a ResponseError (WRONGTYPE, NOPERM) is retried too,
@@ -221,3 +224,17 @@ return lost
 """
 
 RESTARTS_KEPT = 100  # restarts remembered (per dataset): a resume from before older ones is not checked
+
+
+def encode_event(event: Event) -> str:
+    """An event as both Redis backbones keep and announce it (JSON; the id is the stream id)."""
+    return json.dumps({"channel": event.channel, "event": event.event, "data": event.data,
+                       "source": event.source, "timestamp": event.timestamp},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_event(event_id: str, body: str | bytes) -> Event:
+    """The event :func:`encode_event` wrote, with its id."""
+    fields = json.loads(body)
+    return Event(fields["channel"], fields["event"], fields.get("data"), id=event_id,
+                 source=fields.get("source", "http"), timestamp=fields.get("timestamp", time.time()))

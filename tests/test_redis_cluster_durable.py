@@ -26,8 +26,8 @@ import redis
 from redis_cluster import redis_cluster_fixture, shared_redis_cluster_fixture  # noqa: F401
 from webhook_support import endpoint, webhook_config
 
-from plugins.redis_cluster_backbone.backbone import encode
 from plugins.redis_cluster_backbone.keys import Layout
+from plugins.redis_common import encode_event
 from relay.api import Event
 from relay.testing import http_request, wait_until
 
@@ -202,7 +202,7 @@ def test_entries_a_dead_member_read_but_never_acknowledged_are_claimed_after_the
         for i in range(12):
             keys = layout.of(f"ghost-{i}")
             client.xgroup_create(keys.log(), GROUP, id="0", mkstream=True) if not client.exists(keys.log()) else None
-            client.xadd(keys.log(), {"e": encode(Event(f"ghost-{i}", "n", {"i": i}, source="http",
+            client.xadd(keys.log(), {"e": encode_event(Event(f"ghost-{i}", "n", {"i": i}, source="http",
                                                        timestamp=time.time()))})
         for p in range(PARTITIONS):
             if client.exists(layout.partition(p).log()):

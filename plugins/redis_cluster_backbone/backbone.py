@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 
@@ -27,7 +26,7 @@ from plugins.redis_cluster_backbone.keys import Layout, PartitionKeys
 from plugins.redis_cluster_backbone.readers import Router, ShardReader
 from plugins.redis_cluster_backbone.scripts import CHECK_SCRIPT, PUBLISH_SCRIPT, RESTARTS_KEPT
 from plugins.redis_cluster_backbone.topology import Topology, parse_seeds
-from plugins.redis_common import CONNECTION_ERRORS
+from plugins.redis_common import CONNECTION_ERRORS, decode_event, encode_event
 from relay.api import (
     MISSED_EVENT,
     Backbone,
@@ -43,18 +42,6 @@ from relay.api import (
 
 log = logging.getLogger("relay.backbone.redis_cluster")
 FOLLOW_AT_LEAST = 5.0  # seconds a resumed stream's live cursors are checked, whatever they say
-
-
-def encode(event: Event) -> str:
-    return json.dumps({"channel": event.channel, "event": event.event, "data": event.data,
-                       "source": event.source, "timestamp": event.timestamp},
-                      separators=(",", ":"), ensure_ascii=False)
-
-
-def decode(event_id: str, body: str | bytes) -> Event:
-    fields = json.loads(body)
-    return Event(fields["channel"], fields["event"], fields.get("data"), id=event_id,
-                 source=fields.get("source", "http"), timestamp=fields.get("timestamp", time.time()))
 
 
 class Script:
@@ -111,7 +98,7 @@ class ClusterBackbone(Backbone):
         if self._mode is None:
             self._mode = log_mode(self.relay, self.settings)
             if self._mode[1]:
-                self.durable = DurableLog(self, decode)
+                self.durable = DurableLog(self)
         return self._mode
 
     def _wanted(self, channel: str) -> None:
@@ -135,7 +122,7 @@ class ClusterBackbone(Backbone):
             client = self.topology.client(self.topology.node_for(keys.slot))
             answers = PUBLISH.run(client, [*keys.dataset(), keys.stream(event.channel), keys.announcement(event.channel),
                                            keys.log()],
-                                  [self.settings["maxlen"], int(self.settings["max_age"] * 1000), encode(event),
+                                  [self.settings["maxlen"], int(self.settings["max_age"] * 1000), encode_event(event),
                                    self.settings["log_maxlen"] if self.durable_mode()[0] else 0, RESTARTS_KEPT], then)
         except CONNECTION_ERRORS as exc:
             self.topology.refresh_soon()  # MOVED, a dead master: the next publish goes where it should
@@ -159,7 +146,7 @@ class ClusterBackbone(Backbone):
         self.heard_bytes += len(payload)
         event_id, _, body = payload.decode("utf-8", "replace").partition("\n")
         try:
-            self.deliver(decode(event_id, body))
+            self.deliver(decode_event(event_id, body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not written by a relay
             event_rejected.send(self.relay, source="backbone", reason="bad_announcement", error=str(exc),
                                 where=f"shard {address[0]}:{address[1]}", payload=payload[:200])
@@ -200,7 +187,7 @@ class ClusterBackbone(Backbone):
                 continue
             for entry_id, fields in self._read_stream(client, self.layout.of(channel).stream(channel), start):
                 try:
-                    events.append(decode(entry_id.decode(), fields[b"e"]))
+                    events.append(decode_event(entry_id.decode(), fields[b"e"]))
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not written by a relay
                     event_rejected.send(self.relay, source="backbone", reason="bad_announcement", error=str(exc),
                                         where=f"stream of {channel!r}", payload=repr(fields)[:200])
@@ -286,7 +273,7 @@ class ClusterBackbone(Backbone):
             stream = keys.stream(channel)
             first = f"({after[0]}-{after[1]}" if after else floor
             for entry_id, fields in client.xrange(stream, first, "+", count=limit):
-                events.append(decode(entry_id.decode(), fields[b"e"]))
+                events.append(decode_event(entry_id.decode(), fields[b"e"]))
             try:
                 info = client.xinfo_stream(stream)
             except redis.ResponseError:

@@ -30,7 +30,7 @@ import gevent
 import gevent.event
 import redis
 
-from plugins.redis_common import CONNECTION_ERRORS
+from plugins.redis_common import CONNECTION_ERRORS, decode_event
 from relay.api import DurableOffers, event_rejected
 
 Address = tuple[str, int]
@@ -54,8 +54,8 @@ def log_mode(relay, settings: dict) -> tuple[bool, bool]:
 class DurableLog:
     """This worker's membership in the durable sinks' consumer group: one reader per shard."""
 
-    def __init__(self, backbone, decode):
-        self.backbone, self.relay, self.decode = backbone, backbone.relay, decode
+    def __init__(self, backbone):
+        self.backbone, self.relay = backbone, backbone.relay
         settings = backbone.settings
         self.group = settings["durable_group"]
         self.batch = settings["log_batch"]
@@ -197,7 +197,7 @@ class DurableLog:
         for entry_id, fields in entries:
             entry = entry_id.decode()
             try:
-                events.append(self.decode(entry, fields[b"e"]))
+                events.append(decode_event(entry, fields[b"e"]))
                 keys.append((partition, entry))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # deleted, or not a relay's
                 skip.append(entry)
