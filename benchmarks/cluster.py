@@ -49,7 +49,8 @@ sys.path.insert(0, str(REPO))  # tests/redis_cluster.py: the tests' cluster, reu
 
 import redis
 
-from plugins.redis_cluster_backbone.backbone import PUBLISH, encode
+from plugins.redis_cluster_backbone.backbone import PUBLISH
+from plugins.redis_common import encode_event
 from plugins.redis_cluster_backbone.keys import Layout
 from plugins.redis_cluster_backbone.scripts import RESTARTS_KEPT
 from relay.api import Event
@@ -121,7 +122,7 @@ def machine_jiffies() -> tuple[int, int]:
 
 def _body(channel: str, seq: int) -> str:
     now = time.time()
-    return encode(Event(channel, "bench", {"seq": seq, "ts": now, "body": BODY}, source="http", timestamp=now))
+    return encode_event(Event(channel, "bench", {"seq": seq, "ts": now, "body": BODY}, source="http", timestamp=now))
 
 
 def _script_args(layout: Layout, channel: str, body: str) -> tuple:
