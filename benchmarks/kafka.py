@@ -62,6 +62,7 @@ SEQ = re.compile(rb'"seq":(\d+),"ts":([0-9.]+)')  # relay sends data as compact 
 FRAME_MARK = b"event: bench\n"  # one per frame of a benchmark record
 LATENCY_EVERY = 10  # the live scenario keeps the latency of one record in 10 (all clients)
 
+GC_PAUSE = re.compile(r"\bPause\b.*?([0-9.]+)ms$", re.MULTILINE)  # -Xlog:gc lines of stop-the-world pauses
 TARGETS = {"drain": 20_000, "live_p99_ms": 100, "webhooks": 1_000}
 
 
@@ -74,16 +75,20 @@ def log(message: str) -> None:
 class Broker:
     """The Kafka cluster under the benchmark: external, Apache Kafka, or Tansu (the fallback)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, jvm: str = "production"):
         self.kind, self.impl, self.bootstrap = "", None, os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        self.gc_log = workdir / "kafka" / "gc.log"
         if self.bootstrap:
             self.kind = "external"
             return
         sys.path.insert(0, str(TESTS))
         try:
-            from apache_kafka import ApacheKafka  # the harness's real broker, when it exists
+            from apache_kafka import JVM_FLAGS, PRODUCTION_JVM_FLAGS, ApacheKafka  # the harness's real broker
 
-            self.kind, self.impl = "apache", ApacheKafka(workdir / "kafka")
+            flags = PRODUCTION_JVM_FLAGS if jvm == "production" else JVM_FLAGS
+            self.gc_log.parent.mkdir(parents=True, exist_ok=True)
+            self.kind, self.impl = "apache", ApacheKafka(
+                workdir / "kafka", jvm_flags=[*flags, f"-Xlog:gc:file={self.gc_log}:uptimemillis"])
         except ImportError:
             from kafka_support import TansuBroker
 
@@ -104,6 +109,21 @@ class Broker:
         from kafka_support import create_topic
 
         return create_topic(self.bootstrap, name, partitions)
+
+    def gc_mark(self) -> int:
+        """Where the broker's GC log ends now: :meth:`gc_pauses` counts from there."""
+        return self.gc_log.stat().st_size if self.gc_log.exists() else 0
+
+    def gc_pauses(self, since: int) -> dict | None:
+        """The broker JVM's stop-the-world pauses logged after ``since`` (count, longest, total ms):
+        a pause holds every record in the broker, so it lands in the clients' latency whole."""
+        if self.kind != "apache" or not self.gc_log.exists():
+            return None
+        with self.gc_log.open("rb") as f:
+            f.seek(since)
+            pauses = [float(m.group(1)) for m in GC_PAUSE.finditer(f.read().decode("utf-8", "replace"))]
+        return {"count": len(pauses), "max_ms": round(max(pauses, default=0.0), 1),
+                "total_ms": round(sum(pauses), 1)}
 
     def stop(self) -> None:
         if self.impl is not None:
@@ -258,7 +278,7 @@ def _client_worker(pipe, port: int, clients: int, lo: int, hi: int, latency_ever
     asyncio.set_event_loop(loop)
     request = (f"GET /events/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").encode()
     conns: list = []
-    latencies = array("d")
+    latencies, sent_times = array("d"), array("d")
 
     class Conn(asyncio.Protocol):
         def __init__(self, check: bool):
@@ -304,6 +324,7 @@ def _client_worker(pipe, port: int, clients: int, lo: int, hi: int, latency_ever
                     new += 1
                     if latency_every and s % latency_every == 0:
                         latencies.append(now - float(ts))
+                        sent_times.append(float(ts))
             self.received += len(matches)
             self.unique += new
             if matches and not self.first:
@@ -332,7 +353,7 @@ def _client_worker(pipe, port: int, clients: int, lo: int, hi: int, latency_ever
                        "complete": sum(1 for c in conns if c.done), "closed": sum(c.closed for c in conns),
                        "first": min((c.first for c in conns if c.first), default=0.0),
                        "done": max((c.done for c in conns), default=0.0),
-                       "latencies": latencies.tobytes()})
+                       "latencies": latencies.tobytes(), "sent_times": sent_times.tobytes()})
         elif cmd == "quit":
             loop.stop()
 
@@ -399,10 +420,12 @@ class Clients:
         out = {k: sum(a[k] for a in answers) for k in ("received", "unique", "complete", "closed")}
         out["first"] = min((a["first"] for a in answers if a["first"]), default=0.0)
         out["done"] = max((a["done"] for a in answers), default=0.0)
-        lat = array("d")
+        lat, sent = array("d"), array("d")
         for a in answers:
             lat.frombytes(a["latencies"])
+            sent.frombytes(a["sent_times"])
         out["latencies"] = sorted(lat)
+        out["slowest_moments"] = slowest_moments(sent, lat)
         return out
 
     def close(self) -> None:
@@ -478,6 +501,19 @@ class KafkaRelay(servers.System):
 
 # -- measuring ------------------------------------------------------------------------------------
 
+def slowest_moments(sent: array, latencies: array, window: float = 0.1, keep: int = 5) -> list[dict]:
+    """The ``keep`` windows of send time whose records waited longest (seconds from the first
+    send, records sampled, worst latency): whether the tail is a few stalls or spread out."""
+    if not sent:
+        return []
+    start, worst, counts = min(sent), {}, {}
+    for t, lat in zip(sent, latencies):
+        w = int((t - start) / window)
+        worst[w], counts[w] = max(worst.get(w, 0.0), lat), counts.get(w, 0) + 1
+    top = sorted(worst, key=worst.get, reverse=True)[:keep]
+    return [{"at_s": round(w * window, 1), "epoch": round(start + w * window, 1), "samples": counts[w], "worst_ms": round(worst[w] * 1000, 1)} for w in top]
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -541,7 +577,7 @@ def start_profiler(directory: str | None, pid: int, seconds: float, name: str):
 class Bench:
     def __init__(self, args, workdir: Path):
         self.args, self.workdir = args, workdir
-        self.broker = Broker(workdir)
+        self.broker = Broker(workdir, args.broker_jvm)
         log(f"broker: {self.broker.kind} at {self.broker.bootstrap}")
 
     def consumer_config(self) -> dict:
@@ -571,11 +607,13 @@ class Bench:
             time.sleep(0.5)
             cpu = CpuWatch({"relay worker": relay.worker_pids, "SSE clients": clients.pids,
                             "broker": self.broker.pids})
+            gc_mark = self.broker.gc_mark()
             gate.restore()
             opened = time.time()
             profiler = start_profiler(a.profile, relay.worker_pids()[0], a.profile_seconds, "drain")
             clients.wait(a.records * a.clients, limit=a.drain_limit)
             got = clients.collect()
+            gc = self.broker.gc_pauses(gc_mark)
             cpu_figures = cpu.result(got["done"] or None)
             if profiler is not None:
                 profiler.wait(a.profile_seconds + 30)
@@ -595,7 +633,7 @@ class Bench:
                 "records_per_s": round(a.records / span) if got["complete"] == a.clients else 0,
                 "deliveries_per_s": round(got["unique"] / span) if span > 0 else 0,
                 "worker_cpu_us_per_record": per_unit(cpu_figures, a.records),
-                "cpu": cpu_figures, "limited_by": limiter(cpu_figures)}
+                "broker_gc_pauses": gc, "cpu": cpu_figures, "limited_by": limiter(cpu_figures)}
 
     def live_run(self, relay: KafkaRelay, topic: str, rate: float, seconds: float, base: int,
                  profile: bool = False) -> dict:
@@ -611,11 +649,13 @@ class Bench:
                             "broker": self.broker.pids})
             profiler = start_profiler(self.args.profile if profile else None, relay.worker_pids()[0],
                                       min(seconds, a.profile_seconds), "live")
+            gc_mark = self.broker.gc_mark()
             producers.go()
             sent = producers.wait(seconds * 4 + 60)
             sent_at = time.time()
             clients.wait(count * a.clients, limit=15, stall=3)
             got = clients.collect()
+            gc = self.broker.gc_pauses(gc_mark)
             cpu_figures = cpu.result(extra={"producers": sent["cpu_s"]})
             if profiler is not None:
                 profiler.wait(a.profile_seconds + 30)
@@ -632,6 +672,7 @@ class Bench:
                                    "max": round(lat[-1] * 1000, 1) if lat else None},
                 "last_delivery_after_last_send_s": round(max(0.0, got["done"] - sent_at), 2) if got["done"] else None,
                 "worker_cpu_us_per_record": per_unit(cpu_figures, count),
+                "slowest_moments": got["slowest_moments"], "broker_gc_pauses": gc,
                 "cpu": cpu_figures, "limited_by": limiter(cpu_figures)}
 
     def live(self) -> dict:
@@ -679,7 +720,10 @@ class Bench:
     def _log_live(run: dict) -> None:
         log(f"  {run['rate']:,.0f}/s asked, {run['achieved_send_rate']:,}/s sent: p50 {run['latency_ms']['p50']} ms, "
             f"p99 {run['latency_ms']['p99']} ms, missing {run['lost']}, dup {run['duplicates']}; "
-            f"{run['limited_by']} {'keeps up' if keeps_up(run) else 'FALLS BEHIND'}")
+            f"{run['limited_by']} {'keeps up' if keeps_up(run) else 'FALLS BEHIND'}"
+            + (f"; broker GC: {gc['count']} pauses, longest {gc['max_ms']} ms" if (gc := run["broker_gc_pauses"]) else ""))
+        log("  slowest moments (s from the first send: worst ms): "
+            + ", ".join(f"{m['at_s']}: {m['worst_ms']}" for m in run["slowest_moments"]))
 
     def webhooks(self) -> dict:
         a = self.args
@@ -818,6 +862,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ladder", default="1000,2000,3000,4000,5000,6000,8000,10000,15000,20000",
                         help="live: rates tried first, rising, comma-separated, until relay falls behind "
                         "(empty: none); the most it kept up with is reported")
+    parser.add_argument("--broker-jvm", choices=("production", "test"), default="production",
+                        help="Apache Kafka's JVM: production (Kafka's start scripts' 1 GB heap and G1 "
+                        "collector) or test (the test suite's quick-starting C1 compiler and serial collector)")
     parser.add_argument("--ladder-seconds", type=float, default=5)
     parser.add_argument("--hooks", type=int, default=20_000, help="webhooks: records in the topic")
     parser.add_argument("--drain-limit", type=float, default=120, help="seconds a drain may take")

@@ -18,7 +18,8 @@ import json
 from typing import TYPE_CHECKING
 
 from relay import signals
-from relay.event import MAX_DEPTH, Event, InvalidEvent, InvalidJSON, _reject_constant, json_depth, loads_json
+from relay.event import (MAX_DEPTH, Event, InvalidEvent, InvalidJSON, _reject_constant, json_depth, loads_json,
+                         may_nest_deeper)
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.runtime import Relay
@@ -100,7 +101,7 @@ def _loads_envelope(text: str) -> object:
     try:
         if not text.startswith("\ufeff"):
             value = _DECODER.decode(text)
-            if json_depth(value, MAX_DEPTH + 1) <= MAX_DEPTH + 1:
+            if not may_nest_deeper(text, MAX_DEPTH + 1) or json_depth(value, MAX_DEPTH + 1) <= MAX_DEPTH + 1:
                 return value
     except (RecursionError, ValueError):
         pass

@@ -72,6 +72,8 @@ def json_depth(value: Any, stop_after: int = MAX_DEPTH) -> int:
 
 def check_text(field: str, value: str) -> None:
     """Refuse text that cannot be encoded as UTF-8 (a lone surrogate such as JSON's ``"\\ud800"``)."""
+    if value.isascii():  # a flag of the string: ASCII always encodes, and costs no copy to know
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -103,14 +105,23 @@ def encode_data(data: Any) -> str:
     if isinstance(data, str):
         check_text("data", data)
         return data
-    if json_depth(data) > MAX_DEPTH:
-        raise InvalidEvent("data", f"nests deeper than {MAX_DEPTH} levels, the limit")
     try:
         text = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
+        if json_depth(data) > MAX_DEPTH:  # too deep to encode: say so, not what the encoder said
+            raise InvalidEvent("data", f"nests deeper than {MAX_DEPTH} levels, the limit") from None
         raise InvalidEvent("data", f"is not JSON-serialisable: {exc}") from None
+    if may_nest_deeper(text, MAX_DEPTH) and json_depth(data) > MAX_DEPTH:
+        raise InvalidEvent("data", f"nests deeper than {MAX_DEPTH} levels, the limit")
     check_text("data", text)  # a surrogate in any key or value, at any depth
     return text
+
+
+def may_nest_deeper(text: str, limit: int) -> bool:
+    """False when the JSON ``text`` cannot nest deeper than ``limit``: every level opens with a
+    ``[`` or ``{``, so fewer of them (counted in C, strings included) bound the depth without
+    walking the value. True only means "walk it": most events have a handful."""
+    return text.count("[") + text.count("{") > limit
 
 
 # One encoder for every event: ``json.dumps`` with options builds a new one per call.

@@ -13,7 +13,6 @@ import re
 MISSED_EVENT = "relay-missed"  # sent first when a resume cannot replay everything: refetch your state
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
 def encode_event(data: str, event: str | None = None, id: str | None = None) -> bytes:
@@ -25,8 +24,10 @@ def encode_event(data: str, event: str | None = None, id: str | None = None) -> 
     if event:
         _check_field("event", event)
         parts.append(f"event: {event}\n")
-    for line in _LINE_BREAK.split(data):
-        parts.append(f"data: {line}\n")
+    if "\n" in data or "\r" in data:
+        parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    else:  # one line, as JSON data always is: no split
+        parts.append(f"data: {data}\n")
     parts.append("\n")
     return "".join(parts).encode("utf-8")
 
@@ -45,7 +46,7 @@ def encode_retry(milliseconds: int) -> bytes:
 
 def has_forbidden_characters(value: str) -> bool:
     """True when ``value`` holds CR, LF or NUL and so cannot be an ``id``, ``event`` or channel."""
-    return _FORBIDDEN.search(value) is not None
+    return "\n" in value or "\r" in value or "\x00" in value  # three scans in C beat one regex search
 
 
 def _check_field(name: str, value: str) -> None:

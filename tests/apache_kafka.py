@@ -39,6 +39,12 @@ LOG4J_VERSION = "2.24.3"
 # A quick-starting JVM: the C1 compiler only and the serial collector suit a short test broker.
 JVM_FLAGS = ["-Xmx512m", "-Xms256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
              "-Djava.awt.headless=true"]
+# What Kafka's own start scripts run a broker with (kafka-server-start.sh's heap, kafka-run-class.sh's
+# collector): for measurements, where the test flags' serial collector and C1 code would be the
+# broker's pauses, not the client's.
+PRODUCTION_JVM_FLAGS = ["-Xmx1G", "-Xms1G", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                        "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+                        "-Djava.awt.headless=true"]
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -153,8 +159,10 @@ class ApacheKafka:
     ``port`` is the broker's (clients connect there); the controller listens on a second free
     port. ``stop()`` then ``start()`` runs it again on the same ports with the same data."""
 
-    def __init__(self, directory: Path, port: int | None = None, version: str = VERSION):
+    def __init__(self, directory: Path, port: int | None = None, version: str = VERSION,
+                 jvm_flags: list[str] | None = None):
         self.directory = Path(directory)
+        self.jvm_flags = list(JVM_FLAGS if jvm_flags is None else jvm_flags)
         self.version = version
         self.port = port or free_port()
         self.controller_port = free_port()
@@ -201,7 +209,7 @@ class ApacheKafka:
         java = shutil.which("java")
         if java is None:
             raise RuntimeError("Apache Kafka for the tests needs Java 17+: apt-get install default-jre-headless")
-        return [java, *JVM_FLAGS, f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+        return [java, *self.jvm_flags, f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
                 "-cp", f"{lib}/*", main, *args]
 
     def _format(self) -> None:
