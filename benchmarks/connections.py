@@ -375,6 +375,7 @@ class Publisher:
         self.port, self.token = port, token
         self.statuses: dict[int, int] = {}
         self.answer_ms: list[float] = []
+        self.connect_ms: list[float] = []  # of answer_ms, the TCP handshake: waiting to be accepted
         self.lag_ms = 0.0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -384,15 +385,19 @@ class Publisher:
         start = time.monotonic()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn.connect()
+            connected = time.monotonic()
             conn.request("POST", f"/events/{CHANNEL}", body=body,
                          headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
             status = conn.getresponse().status
             conn.close()
         except OSError:
-            status = 0
+            status, connected = 0, None
         with self._lock:
             self.statuses[seq] = status
             self.answer_ms.append((time.monotonic() - start) * 1000)
+            if connected is not None:
+                self.connect_ms.append((connected - start) * 1000)
 
     def run(self, first: int, count: int, rate: float) -> None:
         start = time.monotonic()
@@ -561,6 +566,7 @@ def publish_phase(args, relay: Relay, fleet: ClientFleet, groups: dict[str, list
         "events": count, "accepted": accepted, "statuses": count_statuses(publisher.statuses),
         # how long relay took to answer each POST: latency includes it (the send time is taken before)
         "publish_answer_ms": {q: round(value, 1) for q, value in percentiles(publisher.answer_ms).items()},
+        "publish_connect_ms": {q: round(value, 1) for q, value in percentiles(publisher.connect_ms).items()},
         "publisher_lag_ms": round(publisher.lag_ms, 1),
         "streams": sum(per_stream.values()), "expected": expected, "received": received,
         "missing": sum((accepted - got) * n for got, n in short.items()),

@@ -28,6 +28,7 @@ import gevent
 from flask import Blueprint, Response, jsonify, request
 from gevent.hub import Waiter, get_hub
 
+from plugins.sse_latency import LatencySampler
 from plugins.sse_writer import DirectWriter, direct_socket
 from relay.api import (
     MAX_CURSOR_LENGTH, MISSED_EVENT, ConfigError, InvalidEvent, Option, Replay, Section, check_name, check_networks,
@@ -78,7 +79,7 @@ class Client:
     list to ``raw`` itself; what the socket did not take is left in ``unsent`` for the stream.
     """
 
-    __slots__ = ("pending", "batch", "limit", "channels", "sock", "closed", "_watcher", "next_sample", "_waiter",
+    __slots__ = ("pending", "batch", "limit", "channels", "sock", "closed", "_watcher", "_waiter",
                  "_timer", "_interval", "_hub", "presence", "address", "server_response", "raw", "chunked",
                  "direct", "unsent", "written_at", "_writer", "__weakref__")
 
@@ -94,7 +95,6 @@ class Client:
         self._waiter: Waiter | None = None  # set while the stream waits for events
         self._timer = None
         self._hub = get_hub()
-        self.next_sample = 0.0  # when this client next reports a delivery latency
         # With ?presence=1: the subscriber count last sent per channel (see plugins.presence), else None.
         self.presence: dict[str, int] | None = None
         # Direct writes (plugins.sse_writer): the server's response object (kept while direct
@@ -238,6 +238,7 @@ class Hub:
         self.presence_frames = None  # set by the presence plugin: client -> its first relay-presence frames
         self._joined: tuple[list | None, bytes] = (None, b"")  # the last batch written, and its frames
         self.writer: DirectWriter | None = None  # made with the first stream that can use it
+        self.latency = LatencySampler(lambda seconds: relay.stats.observe("delivery_latency", seconds))
 
     def _count(self, client: Client, step: int) -> None:
         """Add (``step`` 1) or remove (-1) ``client`` in ``counts``, ``watchers`` and ``by_address``."""
@@ -309,7 +310,7 @@ class Hub:
             client.server_response = None
             return
         if self.writer is None:
-            self.writer = DirectWriter(self._frames_of, self._sample_latency)
+            self.writer = DirectWriter(self._frames_of, self.latency)
         client.raw, client.chunked = target
         client._writer = self.writer
 
@@ -367,7 +368,7 @@ class Hub:
             data = self._frames_of(events, batch if events is taken else None)
             if data:  # empty when every event was skipped (gunicorn would end the body on b"")
                 yield data
-            self._sample_latency(client, events[0])
+            self.latency.delivered(events[0])
 
     @staticmethod
     def _write_unsent(client: Client) -> bool:
@@ -454,17 +455,6 @@ class Hub:
         except UnicodeEncodeError:
             pass  # a server that did not follow WSGI and decoded it already
         return value or None
-
-    def _sample_latency(self, client: Client, event, now: float | None = None) -> None:
-        # One observation per client per second keeps the histogram off the hot path.
-        if now is None:
-            now = time.time()
-        if now >= client.next_sample:
-            client.next_sample = now + 1.0
-            try:
-                self.relay.stats.observe("delivery_latency", max(0.0, now - event.timestamp))
-            except TypeError:
-                pass  # a plugin replaced the timestamp with something that is not a number
 
     def close_all(self, reason: str) -> None:
         for client in list(self.clients):

@@ -71,12 +71,12 @@ class DirectWriter:
     :param frames: ``frames(events, batch)``, the bytes of a client's queued events (the hub's,
         which skips events whose frame cannot be built); ``batch`` is the bus's batch when the
         queue holds exactly it.
-    :param sample: ``sample(client, event, now)``, the hub's delivery latency sampling.
+    :param sampler: the hub's :class:`plugins.sse_latency.LatencySampler`.
     """
 
-    def __init__(self, frames, sample):
+    def __init__(self, frames, sampler):
         self._frames = frames
-        self._sample = sample
+        self._sampler = sampler
         self._loop = get_hub().loop
         self._marked: list = []
         self._scheduled = False
@@ -100,6 +100,8 @@ class DirectWriter:
         clients, self._marked = self._marked, []
         now = time.time()
         written = 0
+        sampler = self._sampler
+        countdown = sampler.countdown  # a local: one decrement per write
         for client in clients:
             if not client.direct:
                 continue  # its stream woke meanwhile (closed, heartbeat): it writes the queue itself
@@ -129,8 +131,9 @@ class DirectWriter:
                 continue
             written += 1
             client.written_at = now
-            if now >= client.next_sample:
-                self._sample(client, events[0], now)
+            countdown -= 1
+            if countdown <= 0:
+                countdown = sampler.sample(events[0], now)
             if sent < len(data):
                 # The kernel's buffer is full: the stream's greenlet finishes this write and
                 # takes over the queue until the client has caught up.
@@ -139,4 +142,5 @@ class DirectWriter:
                 client.wake()
                 self.handed_over += 1
         self.writes += written
+        sampler.countdown = countdown
         self._last = (None, b"", b"")  # hold no events past the iteration

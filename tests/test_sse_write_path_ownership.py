@@ -66,7 +66,7 @@ def direct_client(hub, sock):
 
     client = Client(["c"], 100, sock)
     if hub.writer is None:
-        hub.writer = DirectWriter(hub._frames_of, hub._sample_latency)
+        hub.writer = DirectWriter(hub._frames_of, hub.latency)
     client.raw, client.chunked, client._writer = sock._sock, True, hub.writer
     client.server_response = SimpleNamespace(sent=0)  # gunicorn's Response: its count of body bytes
     return client
