@@ -4,8 +4,9 @@ Observing a Prometheus histogram costs a few microseconds in multiprocess mode (
 a lock, three writes to a shared file), as much as writing the event itself. Observing every
 delivery, or one per client per second, made it a fifth of a worker's CPU at 17,000 streams
 getting one event a second each. The sampler observes every ``every``-th delivery, and after each
-second picks ``every`` so that about ``per_second`` deliveries a second are observed, whatever
-the number of clients: at low rates that is every delivery. A countdown, not a per-client
+second (or sooner, once ``per_second`` were observed) picks ``every`` so that about
+``per_second`` deliveries a second are observed, whatever the number of clients: at low rates
+that is every delivery. A countdown, not a per-client
 clock, so the cost of a delivery that is not observed is one decrement, and the observed ones
 are spread evenly over a fan-out's clients, not taken from its first ones.
 """
@@ -50,8 +51,10 @@ class LatencySampler:
             pass  # a plugin replaced the timestamp with something that is not a number
         self._observed += 1
         elapsed = self._clock() - self._window_start
-        if elapsed >= 1.0:  # deliveries in the window = observations x every: no counting per delivery
-            rate = self._observed * self.every / elapsed
+        # Re-chosen each second, or as soon as a window has its fill (a burst after a quiet spell
+        # must not be observed whole). Deliveries in the window = observations x every.
+        if elapsed >= 1.0 or self._observed >= self.per_second:
+            rate = self._observed * self.every / max(elapsed, 0.001)
             self.every = max(1, round(rate / self.per_second))
             self._window_start, self._observed = self._clock(), 0
         return self.every

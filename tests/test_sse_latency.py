@@ -54,6 +54,16 @@ def test_a_quiet_worker_observes_every_delivery_even_after_a_busy_spell():
 
 
 @pytest.mark.timeout(30)
+def test_a_burst_after_a_quiet_spell_is_not_observed_whole():
+    clock, values = Clock(), []
+    sampler = LatencySampler(values.append, per_second=200, clock=clock)
+    deliver(sampler, clock, rate=1, seconds=60)  # clients connected, events rare: every one observed
+    values.clear()
+    deliver(sampler, clock, rate=50_000, seconds=1, fanout=1000)
+    assert len(values) <= 2 * 200, len(values)
+
+
+@pytest.mark.timeout(30)
 def test_a_timestamp_that_is_not_a_number_is_not_observed_and_does_not_raise():
     values = []
     sampler = LatencySampler(values.append, clock=Clock())
