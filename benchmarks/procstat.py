@@ -60,3 +60,18 @@ def load_average() -> tuple[float, float, float]:
     with open("/proc/loadavg") as f:
         one, five, fifteen = f.read().split()[:3]
     return float(one), float(five), float(fifteen)
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far, from /proc/stat: steal is time the
+    hypervisor gave this VM's CPUs to someone else. Every figure of a run with much of it is the
+    host's as much as the system's."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Steal as % of the CPU time between two :func:`steal_ticks` readings."""
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total > 0 else 0.0

@@ -381,7 +381,7 @@ def headline(result: dict) -> dict:
             lat = run.get("latency_ms", {})
             h = {
                 "clients": r.get("clients"), "redis_connections": r.get("redis_connections"),
-                "load_average_before": r.get("load_average_before"),
+                "load_average_before": r.get("load_average_before"), "host_steal_pct": r.get("host_steal_pct"),
                 "loss_pct": run.get("loss_pct"), "out_of_order": run.get("out_of_order"),
                 "p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "p99_ms": lat.get("p99"), "max_ms": lat.get("max"),
                 "deliveries_per_s": run.get("deliveries_per_s"), "server_cpu_s": run.get("server_cpu_s"),
@@ -497,6 +497,10 @@ def table(result: dict, markdown: bool = False) -> str:
     lines.append(["load", "1-min load average before (per scenario)"] + [
         " / ".join(f"{h[sc][s]['load_average_before'][0]:.1f}" for sc in h
                    if s in h[sc] and h[sc][s].get("load_average_before"))
+        for s in systems] + [""] * len(pairs))
+    lines.append(["load", "host steal, % of CPU time (per scenario) ↓"] + [
+        " / ".join(f"{h[sc][s]['host_steal_pct']:g}" for sc in h
+                   if s in h[sc] and h[sc][s].get("host_steal_pct") is not None)
         for s in systems] + [""] * len(pairs))
     if markdown:
         out = ["| " + " | ".join(str(c) for c in r) + " |" for r in lines]
@@ -686,21 +690,27 @@ def main(argv=None) -> int:
                 if scenario in BACKBONE_SCENARIOS and len(plan_systems[scenario]) == 2:
                     bench.log(f"{scenario} / {' and '.join(plan_systems[scenario])} side by side, passes in turn "
                               f"(load average {procstat.load_average()[0]:.2f})")
+                    steal = procstat.steal_ticks()
                     try:
                         r = bench.fanout_pair(plan_systems[scenario], **p[scenario])
                     except Exception as exc:  # noqa: BLE001 - report it, go on with the other scenarios
                         bench.log(f"  failed: {exc!r}")
                         r = {s: {"error": repr(exc)[:2000]} for s in plan_systems[scenario]}
+                    for system_result in r.values():
+                        system_result["host_steal_pct"] = procstat.steal_percent(steal, procstat.steal_ticks())
                     result["scenarios"][scenario] = r
                     time.sleep(1.0)
                     continue
                 for system in plan_systems[scenario]:
                     bench.log(f"{scenario} / {system} (load average {procstat.load_average()[0]:.2f})")
+                    steal = procstat.steal_ticks()
                     try:
                         r = run_scenario(bench, scenario, system, p[scenario])
                     except Exception as exc:  # noqa: BLE001 - one system failing must not lose the rest
                         bench.log(f"  {system} failed: {exc!r}")
                         r = {"error": repr(exc)[:2000]}
+                    r["host_steal_pct"] = procstat.steal_percent(steal, procstat.steal_ticks())
+                    bench.log(f"  host steal: {r['host_steal_pct']:g} % of the CPU time")
                     result["scenarios"].setdefault(scenario, {})[system] = r
                     time.sleep(1.0)
         finally:
