@@ -50,11 +50,11 @@ sys.path.insert(0, str(REPO))  # tests/redis_cluster.py: the tests' cluster, reu
 import redis
 
 from plugins.redis_cluster_backbone.backbone import PUBLISH
-from plugins.redis_common import encode_event
 from plugins.redis_cluster_backbone.keys import Layout
 from plugins.redis_cluster_backbone.scripts import RESTARTS_KEPT
+from plugins.redis_common import encode_event
 from relay.api import Event
-from tests.redis_cluster import SLOTS, RedisCluster
+from tests.redis_cluster import RedisCluster
 
 CHANNELS = [f"ch{n:02d}" for n in range(100)]
 PREFIX, PARTITIONS, MAXLEN = "relay:", 32, 10000  # the backbone's defaults
@@ -63,28 +63,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # -- clusters -------------------------------------------------------------------------------------
-
-class OneMasterCluster(RedisCluster):
-    """One ``redis-server --cluster-enabled yes`` serving all slots: ``redis-cli --cluster create``
-    refuses fewer than 3 masters, so the slots are added by hand."""
-
-    def __init__(self, directory: Path | None = None):
-        super().__init__(directory, masters=1, replicas=0)
-
-    def start(self, timeout: float = 30.0) -> OneMasterCluster:
-        began = time.monotonic()
-        try:
-            node = self.nodes[0].start()
-            node.wait_answering(began + timeout)
-            with node.client() as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, SLOTS - 1)
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.created_in = time.monotonic() - began
-        return self
-
 
 def slot_owners(cluster: RedisCluster) -> dict[int, int]:
     """slot -> port of the master serving it."""
@@ -438,12 +416,9 @@ def routed(workdir: Path, args) -> dict:
 def capacity(workdir: Path, masters: int, args, batch: int | None = None, replicas: int = 0) -> dict:
     """``batch`` scripts per round and master share (default ``--batch``); 1 is relay's own
     pattern, one script per round trip on each connection. ``replicas`` per master: 3 masters
-    or more only (``redis-cli --cluster create`` makes them)."""
+    or more only (one master gets every slot by hand: ``redis-cli --cluster create`` wants 3)."""
     batch = batch or args.batch
-    if masters == 1:
-        cluster = OneMasterCluster(workdir / f"cluster-1-{batch}")
-    else:
-        cluster = RedisCluster(workdir / f"cluster-{masters}x{replicas}-{batch}", masters=masters, replicas=replicas)
+    cluster = RedisCluster(workdir / f"cluster-{masters}x{replicas}-{batch}", masters=masters, replicas=replicas)
     publishers = None
     try:
         cluster.start()

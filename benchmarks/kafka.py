@@ -511,15 +511,8 @@ def slowest_moments(sent: array, latencies: array, window: float = 0.1, keep: in
         w = int((t - start) / window)
         worst[w], counts[w] = max(worst.get(w, 0.0), lat), counts.get(w, 0) + 1
     top = sorted(worst, key=worst.get, reverse=True)[:keep]
-    return [{"at_s": round(w * window, 1), "epoch": round(start + w * window, 1), "samples": counts[w], "worst_ms": round(worst[w] * 1000, 1)} for w in top]
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return sum(ticks) - idle, sum(ticks)
+    return [{"at_s": round(w * window, 1), "epoch": round(start + w * window, 1), "samples": counts[w],
+             "worst_ms": round(worst[w] * 1000, 1)} for w in top]
 
 
 class CpuWatch:
@@ -531,7 +524,7 @@ class CpuWatch:
         self.groups = groups  # name -> callable returning pids
         self.t0 = time.time()
         self.cpu0 = {name: procstat.cpu_seconds(pids()) for name, pids in groups.items()}
-        self.machine0 = machine_ticks()
+        self.machine0 = procstat.machine_ticks()
 
     def result(self, until: float | None = None, extra: dict | None = None) -> dict:
         """Per group: CPU seconds and % of a core; ``extra``: CPU seconds counted elsewhere."""
@@ -539,7 +532,7 @@ class CpuWatch:
         used = {name: procstat.cpu_seconds(pids()) - self.cpu0[name] for name, pids in self.groups.items()}
         used.update(extra or {})
         out = {name: {"cpu_s": round(cpu, 2), "core_pct": round(100 * cpu / wall)} for name, cpu in used.items()}
-        busy, total = (now - then for now, then in zip(machine_ticks(), self.machine0))
+        busy, total = (now - then for now, then in zip(procstat.machine_ticks(), self.machine0))
         out["machine"] = {"busy_pct": round(100 * busy / max(1, total)), "cpus": os.cpu_count()}
         return out
 

@@ -62,12 +62,24 @@ def load_average() -> tuple[float, float, float]:
     return float(one), float(five), float(fifteen)
 
 
-def steal_ticks() -> tuple[int, int]:
-    """(steal, total) CPU ticks of the whole machine so far, from /proc/stat: steal is time the
-    hypervisor gave this VM's CPUs to someone else. Every figure of a run with much of it is the
-    host's as much as the system's."""
+def _machine_ticks() -> list[int]:
+    """The whole machine's CPU ticks so far, by kind, from the first line of /proc/stat."""
     with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far."""
+    ticks = _machine_ticks()
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far: steal is time the hypervisor gave
+    this VM's CPUs to someone else. Every figure of a run with much of it is the host's as much
+    as the system's."""
+    ticks = _machine_ticks()
     return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
 
 

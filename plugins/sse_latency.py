@@ -6,15 +6,16 @@ delivery, or one per client per second, made it a fifth of a worker's CPU at 17,
 getting one event a second each. The sampler observes every ``every``-th delivery, and after each
 second (or sooner, once ``per_second`` were observed) picks ``every`` so that about
 ``per_second`` deliveries a second are observed, whatever the number of clients: at low rates
-that is every delivery. A countdown, not a per-client
-clock, so the cost of a delivery that is not observed is one decrement, and the observed ones
-are spread evenly over a fan-out's clients, not taken from its first ones.
+that is every delivery. A countdown, not a per-client clock, so the cost of a delivery that is
+not observed is one decrement, and the observed ones are spread evenly over a fan-out's
+clients, not taken from its first ones.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 PER_SECOND = 200  # observations a second per worker: enough for a p99 a minute, ~1 ms of CPU
 
@@ -50,11 +51,12 @@ class LatencySampler:
         except TypeError:
             pass  # a plugin replaced the timestamp with something that is not a number
         self._observed += 1
-        elapsed = self._clock() - self._window_start
+        clock = self._clock()
+        elapsed = clock - self._window_start
         # Re-chosen each second, or as soon as a window has its fill (a burst after a quiet spell
         # must not be observed whole). Deliveries in the window = observations x every.
         if elapsed >= 1.0 or self._observed >= self.per_second:
             rate = self._observed * self.every / max(elapsed, 0.001)
             self.every = max(1, round(rate / self.per_second))
-            self._window_start, self._observed = self._clock(), 0
+            self._window_start, self._observed = clock, 0
         return self.every

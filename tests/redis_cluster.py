@@ -144,7 +144,8 @@ class Node:
 
 
 class RedisCluster:
-    """A Redis Cluster of our own: ``masters`` masters with ``replicas`` replicas each.
+    """A Redis Cluster of our own: ``masters`` masters with ``replicas`` replicas each (one
+    master alone, without replicas, takes every slot: what a benchmark compares 3 shards with).
 
     :param node_timeout: ``cluster-node-timeout`` in ms: a master unreachable that long is
         failed over (about 2× this in practice, measured).
@@ -188,21 +189,28 @@ class RedisCluster:
                 node.start()
             for node in self.nodes:
                 node.wait_answering(deadline)
-            cli = shutil.which("redis-cli")
-            if cli is None:
-                pytest.fail("redis-cli is not installed: apt-get install redis-tools", pytrace=False)
-            created = subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                 "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"],
-                capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()), check=False)
-            if created.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr}")
+            if len(self.nodes) == 1:  # redis-cli --cluster create refuses fewer than 3 masters
+                with self.nodes[0].client() as client:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, SLOTS - 1)
+            else:
+                self._create(deadline)
             self.wait_ready(max(0.1, deadline - time.monotonic()), replicas=True)
         except BaseException:
             self.stop()
             raise
         self.created_in = time.monotonic() - began
         return self
+
+    def _create(self, deadline: float) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail("redis-cli is not installed: apt-get install redis-tools", pytrace=False)
+        created = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"],
+            capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()), check=False)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr}")
 
     def stop(self) -> None:
         """Kill every node and remove its files (safe to call twice)."""

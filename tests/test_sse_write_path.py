@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import threading
 import time
 
 import pytest
+from chunked_support import take_chunks
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from relay.testing import RelayServer, http_request, publish, wait_until
+from relay.testing import RelayServer, http_request, wait_until
 
 HEARTBEAT = 0.2  # short, so heartbeats (the stream's own writes) land between direct writes
 
@@ -63,23 +63,9 @@ class WireReader:
         if not self.chunked:
             self.body, self.raw = self.body + self.raw, b""
             return
-        while True:
-            line_end = self.raw.find(b"\r\n")
-            if line_end < 0:
-                assert len(self.raw) < 16, f"no chunk size line: {self.raw[:40]!r}"
-                return
-            size_text = self.raw[:line_end]
-            assert re.fullmatch(rb"[0-9A-F]+", size_text), f"bad chunk size line {size_text[:40]!r}"
-            size = int(size_text, 16)
-            if size == 0:  # the last chunk: the body ends
-                self.ended = True
-                return
-            if len(self.raw) < line_end + 2 + size + 2:
-                return
-            chunk_end = line_end + 2 + size
-            assert self.raw[chunk_end:chunk_end + 2] == b"\r\n", "a chunk does not end where its size says"
-            self.body += self.raw[line_end + 2:chunk_end]
-            self.raw = self.raw[chunk_end + 2:]
+        body, self.raw, ended = take_chunks(self.raw)
+        self.body += body
+        self.ended = self.ended or ended
 
     def _parse(self) -> None:
         while b"\n\n" in self.body:
