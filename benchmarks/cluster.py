@@ -49,9 +49,9 @@ sys.path.insert(0, str(REPO))  # tests/redis_cluster.py: the tests' cluster, reu
 
 import redis
 
-from plugins.redis_cluster_backbone.backbone import PUBLISH
-from plugins.redis_cluster_backbone.keys import Layout
-from plugins.redis_cluster_backbone.scripts import RESTARTS_KEPT
+from plugins.redis_backbone.backbone import PUBLISH
+from plugins.redis_backbone.keys import Layout
+from plugins.redis_backbone.scripts import RESTARTS_KEPT
 from plugins.redis_common import encode_event
 from relay.api import Event
 from tests.redis_cluster import RedisCluster

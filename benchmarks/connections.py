@@ -57,7 +57,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CLIENT_SOURCE = HERE / "connections"
 CHANNEL = "bench"
-BACKBONE_CHANNEL = "relay:events"  # every worker holds one subscription to it (plugins/redis_backbone.py)
 RESERVED = 100  # sinks.sse.reserved_connections: kept free for /healthz and publishing
 WORKER_SPARE_FDS = 300  # a worker's own files: listening socket, Redis, logs, metrics, Python
 CLIENT_SPARE_FDS = 200
@@ -214,12 +213,14 @@ class Relay:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.proc.returncode}; log {self.log}:\n"
                                    f"{self.log.read_text()[-3000:]}")
-            subscribed = dict(redis.client.pubsub_numsub(BACKBONE_CHANNEL)).get(BACKBONE_CHANNEL.encode(), 0)
-            if subscribed >= self.workers and len(self.worker_pids()) >= self.workers and self._ready():
+            # Workers subscribe to a channel when their first client wants it (the catch-up covers
+            # what is published meanwhile): ready means every worker up and its backbone source up.
+            workers = len(self.worker_pids())
+            if workers >= self.workers and self._ready():
                 return self
             if time.monotonic() > deadline:
-                raise TimeoutError(f"relay not ready after {timeout}s ({subscribed} of {self.workers} workers "
-                                   f"subscribed); log {self.log}")
+                raise TimeoutError(f"relay not ready after {timeout}s ({workers} of {self.workers} workers); "
+                                   f"log {self.log}")
             time.sleep(0.2)
 
     def _ready(self) -> bool:

@@ -12,9 +12,10 @@ How it stays cheap with 10 000 streams: the SSE hub counts streams per channel a
 close (``Hub.counts``, O(channels of the stream) per connect); nothing ever scans the clients.
 One source per worker (``presence``) wakes every :data:`TICK` seconds and
 
-1. with the Redis backbone, writes what changed in this worker's counts to the hash
-   ``<prefix>presence:<worker id>`` (HSET/HDEL of the changed channels only) and renews its TTL
-   (``presence.ttl``); registers the worker in the sorted set ``<prefix>presence-workers``, scored
+1. with a backbone that shares its Redis (the Redis backbone, one Redis or a cluster), writes
+   what changed in this worker's counts to the hash ``<prefix>{presence}:w:<worker id>``
+   (HSET/HDEL of the changed channels only) and renews its TTL (``presence.ttl``); registers the
+   worker in the sorted set ``<prefix>{presence}:workers`` (one hash tag: one node), scored
    by when it expires on Redis' clock, dropping workers whose time has passed; then reads the
    other live workers' hashes and keeps their sum in memory;
 2. sends ``relay-presence`` frames to the streams that asked, for channels whose count changed.
@@ -46,6 +47,7 @@ import uuid
 import redis
 from flask import Blueprint, jsonify, request
 
+from plugins.redis_common import REGISTER_SCRIPT
 from relay.api import InvalidEvent, Option, Section, Source, check_name, encode_event, hookimpl
 
 SECTION = "presence"
@@ -54,17 +56,6 @@ TICK = 0.5  # seconds between exchanges with Redis and presence frames
 FRAME_INTERVAL = 1.0  # at most one relay-presence frame per channel per this many seconds
 
 log = logging.getLogger("relay.presence")
-
-# Keep this worker listed until ARGV[2] ms from now (Redis' clock: hosts' clocks may differ),
-# forget workers whose time has passed, and return the live ones. KEYS[1]: the sorted set.
-REGISTER_SCRIPT = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-"""
 
 
 @hookimpl
@@ -135,7 +126,7 @@ class PresenceSource(Source):
     def __init__(self, presence: Presence, backbone=None):
         super().__init__()
         self.presence = presence
-        self.backbone = backbone  # a RedisBackbone, or None: this worker's counts are all there is
+        self.backbone = backbone  # one that shares its Redis, or None: this worker's counts are all there is
         self.worker_id = ""
         self.published: dict[str, int] = {}  # this worker's counts as the hash in Redis holds them
         self.sent: dict[str, int] = {}  # per watched channel: the count last announced
@@ -144,11 +135,16 @@ class PresenceSource(Source):
 
     @property
     def key(self) -> str:
-        return f"{self.backbone.prefix}presence:{self.worker_id}"
+        return f"{self.hash_prefix}{self.worker_id}"
 
     @property
     def workers_key(self) -> str:
-        return f"{self.backbone.prefix}presence-workers"
+        return f"{self.backbone.key_prefix}{{presence}}:workers"
+
+    @property
+    def hash_prefix(self) -> str:
+        """Of each worker's hash: the workers' list's hash tag, so a transaction spans both."""
+        return f"{self.backbone.key_prefix}{{presence}}:w:"
 
     def run(self, relay) -> None:
         # Made here, after gunicorn forked: one id per worker process and start.
@@ -170,7 +166,7 @@ class PresenceSource(Source):
         counts = dict(self.presence.hub.counts)
         ttl_ms = int(self.presence.ttl * 1000)
         try:
-            client = self.backbone.client()
+            client = self.backbone.shared_redis(self.workers_key)
             if self._register is None:
                 self._register = client.register_script(REGISTER_SCRIPT)
             pipe = client.pipeline(transaction=True)
@@ -191,7 +187,7 @@ class PresenceSource(Source):
             others = [w for w in workers if w.decode("utf-8", "replace") != self.worker_id]
             pipe = client.pipeline(transaction=False)
             for worker in others:
-                pipe.hgetall(f"{self.backbone.prefix}presence:".encode() + worker)
+                pipe.hgetall(self.hash_prefix.encode() + worker)
             remote: dict[str, int] = {}
             for fields in pipe.execute() if others else []:
                 for channel, count in fields.items():
@@ -229,7 +225,7 @@ class PresenceSource(Source):
     def _withdraw(self) -> None:
         """Stopping: take this worker's counts out of Redis now rather than at the TTL."""
         try:
-            pipe = self.backbone.client().pipeline(transaction=True)
+            pipe = self.backbone.shared_redis(self.workers_key).pipeline(transaction=True)
             pipe.delete(self.key)
             pipe.zrem(self.workers_key, self.worker_id)
             pipe.execute()
@@ -239,13 +235,9 @@ class PresenceSource(Source):
         self.published = {}
 
 
-def _redis_backbone(relay):
-    """The Redis backbone when relay runs on one, else ``None``."""
-    try:
-        from plugins.redis_backbone import RedisBackbone
-    except ImportError:
-        return None
-    return relay.backbone if isinstance(relay.backbone, RedisBackbone) else None
+def _shared_backbone(relay):
+    """The backbone when it shares a Redis with plugins (``key_prefix``), else ``None``."""
+    return relay.backbone if relay.backbone.key_prefix is not None else None
 
 
 def _answer(body: dict):
@@ -296,4 +288,4 @@ def relay_init_app(app, relay):
 @hookimpl
 def relay_sources(relay):
     presence = relay.extensions.get("presence")
-    return [PresenceSource(presence, _redis_backbone(relay))] if presence else []
+    return [PresenceSource(presence, _shared_backbone(relay))] if presence else []

@@ -1,5 +1,5 @@
-"""Redis plumbing shared by the Redis backbones (:mod:`plugins.redis_backbone`,
-:mod:`plugins.redis_cluster_backbone`) and the Redis source (:mod:`plugins.redis_source`): one
+"""Redis plumbing shared by the Redis backbone (:mod:`plugins.redis_backbone`) and the Redis
+source (:mod:`plugins.redis_source`): one
 way to build a connection, one reconnect policy, one way to watch a subscribed connection, one
 way to notice a Redis that came back with less than it acknowledged.
 
@@ -226,15 +226,31 @@ return lost
 RESTARTS_KEPT = 100  # restarts remembered (per dataset): a resume from before older ones is not checked
 
 
+# Presence and the durable log readers' shares: keep this worker listed until ARGV[2] ms from
+# now (Redis' clock: hosts' clocks may differ), forget workers whose time has passed, and return
+# the live ones. KEYS[1]: the sorted set.
+REGISTER_SCRIPT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
 def encode_event(event: Event) -> str:
-    """An event as both Redis backbones keep and announce it (JSON; the id is the stream id)."""
-    return json.dumps({"channel": event.channel, "event": event.event, "data": event.data,
-                       "source": event.source, "timestamp": event.timestamp},
-                      separators=(",", ":"), ensure_ascii=False)
+    """An event as the Redis backbone keeps and announces it (JSON). The stream entry id is its
+    position; an id the publisher chose is kept beside it (``"id"``), and is the event's id."""
+    fields = {"channel": event.channel, "event": event.event, "data": event.data, "source": event.source,
+              "timestamp": event.timestamp}
+    if event.id is not None:
+        fields["id"] = event.id
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_event(event_id: str, body: str | bytes) -> Event:
-    """The event :func:`encode_event` wrote, with its id."""
+def decode_event(entry_id: str, body: str | bytes) -> Event:
+    """The event :func:`encode_event` wrote; its id is the publisher's, else the entry id."""
     fields = json.loads(body)
-    return Event(fields["channel"], fields["event"], fields.get("data"), id=event_id,
+    return Event(fields["channel"], fields["event"], fields.get("data"), id=fields.get("id") or entry_id,
                  source=fields.get("source", "http"), timestamp=fields.get("timestamp", time.time()))

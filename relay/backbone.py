@@ -210,6 +210,17 @@ class Backbone:
         """Greenlets the backbone needs (readers), as :class:`relay.source.Source` objects."""
         return []
 
+    #: The prefix of the deployment's keys when the backbone offers its Redis to plugins that
+    #: share state between workers (:meth:`shared_redis`); ``None`` when it has no Redis.
+    key_prefix: str | None = None
+
+    def shared_redis(self, key: str):
+        """A redis-py client of the Redis node that holds ``key`` (a name starting with
+        :attr:`key_prefix`). Keys with the same ``{tag}`` are on the same node, so one
+        transaction may span them (Redis Cluster). Commands are bounded by the backbone's
+        timeouts; errors are ``redis.RedisError`` or ``OSError``."""
+        raise NotImplementedError
+
     def stats(self) -> dict:
         return {}
 

@@ -69,8 +69,11 @@ def relay_backbone(relay: Relay, url: str) -> Backbone | None:
     Return ``None`` for URLs that are not yours. The backbone
     gives every event its id and delivers it to every worker that should see it by calling
     ``relay.deliver(event)`` once per event in each; its readers are returned by
-    :meth:`relay.backbone.Backbone.sources` and supervised like sources. Do not connect here.
-    Stops at first non-None result.
+    :meth:`relay.backbone.Backbone.sources` and supervised like sources. A backbone that routes
+    channels (delivers to a worker only the channels it wants) watches
+    ``relay.bus.channel_wanted`` and ``channel_unwanted``; one with a Redis may lend it to plugins
+    that share state between workers (``Backbone.key_prefix``, ``Backbone.shared_redis``: the
+    presence plugin sums its counts there). Do not connect here. Stops at first non-None result.
 
     :param url: the ``backbone`` setting, e.g. ``"redis://127.0.0.1:6379/0"``.
     :return: a :class:`relay.backbone.Backbone`, or ``None``.
@@ -167,10 +170,13 @@ def relay_deliver(relay: Relay, event: Event) -> None:
     Called once per event in each worker that sees it, in delivery order, after the event has
     its id and has been handed to the SSE clients, in one greenlet per worker that runs the
     sinks (``relay/sink_queue.py``; a sink that waits on a disk or a lock never holds back a
-    stream or a source). With several workers that is every worker (the Redis backbone brings
-    every event to each, and each worker runs its own copy of every source), so a sink that
-    appends each event to a file writes it once per worker: for once-per-event work implement
-    ``relay_deliver_durable`` or deduplicate by ``(event.channel, event.id)``. An HTTP publish
+    stream or a source). Which workers see an event: every worker runs its own copy of every
+    source, so each sees the sources' events; events published to the backbone (HTTP) reach a
+    worker of the Redis backbone only when that worker *wants* their channel: an SSE client of it
+    watches the channel, or a plugin asked for it with ``relay.bus.want(channel)`` (and
+    ``relay.bus.unwant(channel)`` when done). A sink that needs every event of the deployment,
+    once, implements ``relay_deliver_durable``; a sink that appends each event it sees to a file
+    writes it once per worker that wanted it, so deduplicate by ``(event.channel, event.id)``. An HTTP publish
     (``relay.publish(event, broadcast=True)``) answers after every implementation has returned
     for its event when the backbone delivers in the publishing worker (the in-memory backbone),
     so a sink that stores the event before returning has taken responsibility for it when the
@@ -189,7 +195,7 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
     """Take responsibility for an event from a source that delivers at least once.
 
     Implement this in sinks that must not lose events (webhooks). A durable source (Kafka with a
-    ``group_id``, Redis Streams with a ``group``, the Redis Cluster backbone's partition logs for
+    ``group_id``, Redis Streams with a ``group``, the Redis backbone's partition logs for
     events published to relay) reads each broker message once per cluster,
     through a consumer group, and calls this hook for it in its own greenlet, after the transforms
     and with the same ``id`` the SSE clients see. It commits its broker position past the event only
@@ -203,8 +209,9 @@ def relay_deliver_durable(relay: Relay, event: Event) -> None:
 
     For the sources listed in ``relay.durable_sources``, relay does not call
     :func:`relay_deliver` of a plugin that implements this hook: it gets those events here, once,
-    instead of once per worker. Events from other sources (HTTP with the in-memory or single-Redis
-    backbone, the Redis sources without a group) still come through ``relay_deliver``. May block on storage I/O, but never on the hub.
+    instead of once per worker. Events from other sources (HTTP with the in-memory backbone, or with the
+    Redis backbone's ``durable_log = false``, the Redis sources without a group) still come
+    through ``relay_deliver``. May block on storage I/O, but never on the hub.
 
     :param event: the event, with ``id`` and ``channel`` set.
     """

@@ -17,7 +17,7 @@ import pluggy
 from relay import hookspecs
 
 ENTRY_POINT_GROUP = "relay"
-BUILTIN_PLUGINS = ("sse", "http_publish", "jwt_auth", "redis_backbone", "redis_cluster_backbone", "demo", "webhooks",
+BUILTIN_PLUGINS = ("sse", "http_publish", "jwt_auth", "redis_backbone", "demo", "webhooks",
                    "redis", "kafka", "presence")
 
 log = logging.getLogger("relay.plugins")

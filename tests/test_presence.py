@@ -309,10 +309,10 @@ def test_a_worker_that_stops_withdraws_its_counts_at_once(relay_server_factory, 
     try:
         wait_until(lambda: subscribers(a, room) == 1, 5, message="a counts b's stream")
         client = redis_server.client()
-        assert client.zcard(f"{names}:presence-workers") == 2
+        assert client.zcard(f"{names}:{{presence}}:workers") == 2
         b.stop()
         wait_until(lambda: subscribers(a, room) == 0, 5, message="b's count withdrawn when it stopped")
-        assert client.zcard(f"{names}:presence-workers") == 1
+        assert client.zcard(f"{names}:{{presence}}:workers") == 1
     finally:
         stream.close()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.redis_backbone.keys import Layout
 from redis_support import RedisServer, require_own_server
 from relay.testing import RelayServer, http_request, wait_until
 
@@ -106,11 +107,11 @@ def test_lost_subscription_catches_up_from_the_streams(relay_server_factory, red
         assert stream.next_event(10).json() == 0
         client = redis_server.client()
         client.client_kill_filter(_type="pubsub")  # the worker's subscription drops
-        client.xadd(f"{prefix}:stream:gap", {"e": json.dumps({"channel": "gap", "event": "n", "data": 1})},
+        client.xadd(Layout(f"{prefix}:", 1).of("gap").stream("gap"), {"e": json.dumps({"channel": "gap", "event": "n", "data": 1})},
                     id="*")  # stored while nobody listens (as a relay elsewhere would)
         got = stream.next_event(15)
     assert got.json() == 1
-    assert "stored while the subscription was down" in server.log()
+    assert "stored while its subscription was down" in server.log()
 
 
 def test_redis_down_means_503_and_not_ready_then_recovers(relay_server_factory, redis_server, prefix):
@@ -152,11 +153,31 @@ def test_the_backbone_over_a_unix_socket(relay_server_factory):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_publisher_ids_are_refused_with_the_redis_backbone(relay_server_factory, redis_server, prefix):
-    server = relay_server_factory(backbone_config(redis_server, prefix))
-    status, _, body = http_request(f"{server.url}/events/c", "POST", b'{"event":"e","id":"mine"}',
-                                   {"Content-Type": "application/json"})
-    assert status == 422 and "publisher-chosen ids are not supported" in json.loads(body)["message"]
+def test_a_publisher_chosen_id_is_kept_and_scoped_to_its_channel(relay_server_factory, redis_server, prefix):
+    """The chosen id is the event's id (webhooks, SSE); the SSE id adds the position after ``~``,
+    so a resume from it, on another instance, reads the streams from there: the same id chosen
+    on another channel neither hides nor moves that channel's events."""
+    config = backbone_config(redis_server, prefix)
+    a, b = relay_server_factory(config), relay_server_factory(config)
+    with a.sse("/events?channel=orders&channel=audit") as stream:
+        stream.read_some(1)
+        a.publish("orders", "paid", 1, id="order-42")
+        a.publish("audit", "seen", 2, id="order-42")  # the same id, another channel
+        a.publish("orders", "paid", 3)
+        got = [stream.next_event(10) for _ in range(3)]
+    assert [(e.event, e.json()) for e in got] == [("paid", 1), ("seen", 2), ("paid", 3)]
+    assert got[0].id.startswith("order-42~") and got[1].id.startswith("order-42~") and got[0].id != got[1].id
+    assert "~" not in got[2].id
+    a.publish("orders", "paid", 4, id="order-43")
+    with b.sse("/events?channel=orders&channel=audit", headers={"Last-Event-ID": got[0].id}) as stream:
+        resumed = [stream.next_event(10) for _ in range(3)]
+    assert [e.json() for e in resumed] == [2, 3, 4]  # after order-42 of orders: its position, not its name
+    assert resumed[2].id.startswith("order-43~")
+    for reserved in ("1764170537000-0", "kafka:orders:0:5"):
+        status, _, body = http_request(f"{a.url}/events/orders", "POST",
+                                       json.dumps({"event": "e", "id": reserved}).encode(),
+                                       {"Content-Type": "application/json"})
+        assert status == 422 and "form of an id relay assigns" in json.loads(body)["message"], reserved
 
 
 def test_memory_backbone_refuses_several_workers(tmp_path):

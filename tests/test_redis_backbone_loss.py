@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from plugins.redis_backbone.keys import Layout
 from redis_support import RedisServer, require_own_server
 from relay.testing import wait_until
 
@@ -35,10 +36,11 @@ def expect_lost(stream, last_event_id: str) -> None:
     assert missed.json()["reason"] == "lost" and missed.json()["last_event_id"] == last_event_id
 
 
-def subscribed(redis_server, config) -> bool:
+def subscribed(redis_server, config, channel: str) -> bool:
+    """A worker holds the (sharded) subscription of ``channel``."""
+    announcement = Layout(config["backbones"]["redis"]["prefix"], 1).of(channel).announcement(channel)
     with redis_server.client() as client:
-        channel = config["backbones"]["redis"]["prefix"] + "events"
-        return client.pubsub_numsub(channel)[0][1] > 0
+        return client.execute_command("PUBSUB", "SHARDNUMSUB", announcement)[1] > 0
 
 
 def counter(server, name: str) -> int:
@@ -125,7 +127,7 @@ def test_a_restart_that_lost_nothing_is_not_reported(relay_server_factory, tmp_p
         ids = [old.publish("kept", "n", i)["id"] for i in range(6)]
         assert [e.json() for e in live.events(6, 10)] == list(range(6))
         server.restart()  # SIGKILL, start again: the AOF has every event
-        wait_until(lambda: subscribed(server, config), 15, message="the old relay resubscribed")
+        wait_until(lambda: subscribed(server, config, "kept"), 15, message="the old relay resubscribed")
 
         fresh = relay_server_factory(config)
         with fresh.sse("/events/kept", headers={"Last-Event-ID": ids[2]}) as middle, \

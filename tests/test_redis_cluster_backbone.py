@@ -17,15 +17,15 @@ import redis
 from redis.crc import key_slot
 from redis_cluster import redis_cluster_fixture, shared_redis_cluster_fixture  # noqa: F401
 
-from plugins.redis_cluster_backbone.cursor import parse_cursor
-from plugins.redis_cluster_backbone.keys import Layout
+from plugins.redis_backbone.cursor import parse_cursor
+from plugins.redis_backbone.keys import Layout
 from relay.testing import http_request, wait_until
 
 PARTITIONS = 32
 
 
 def start_relay(factory, url: str, prefix: str, workers: int = 1, **settings):
-    config = {"backbone": url, "backbones": {"redis_cluster": {
+    config = {"backbone": url, "backbones": {"redis": {
         "prefix": prefix, "health_interval": 0.5, "unsubscribe_delay": 0.5, **settings}}}
     return factory(config, workers=workers)
 
@@ -38,7 +38,7 @@ def subscribed(server, channels: int) -> None:
     """Wait until the relay's one worker hears ``channels`` channels on live shard subscriptions."""
     def ready():
         health = server.health()
-        component = next(c for name, c in health["components"].items() if "redis-cluster-backbone" in name)
+        component = next(c for name, c in health["components"].items() if "redis-backbone" in name)
         backbone = health["backbone"]
         return (backbone["subscribed"] == channels and backbone["shards_subscribed"] == backbone["shards"]
                 and backbone["awaiting_confirmation"] == 0 and component["state"] == "up")
@@ -57,6 +57,13 @@ def channels_on_every_shard(cluster, prefix: str, per_shard: int = 2) -> list[st
         if len(found) == 3 and all(len(v) == per_shard for v in found.values()):
             return [c for v in found.values() for c in v]
     raise AssertionError("no channels found on every shard")
+
+
+def two_relays_and_channels_on_every_shard(factory, cluster, prefix: str, per_shard: int = 2):
+    """Two relays on ``cluster``, channels on every shard, and the query naming them all."""
+    a, b = start_relay(factory, cluster.url, prefix), start_relay(factory, cluster.url, prefix)
+    channels = channels_on_every_shard(cluster, prefix, per_shard)
+    return a, b, channels, "&".join(f"channel={c}" for c in channels)
 
 
 def subscriber_connections(ports, name_part: str) -> dict[int, int]:
@@ -88,10 +95,7 @@ def in_partition_order(events, prefix: str) -> bool:
 def test_every_publish_is_one_script_in_its_partitions_slot_and_each_worker_holds_one_connection_per_shard(
         shared_redis_cluster, relay_server_factory):
     cluster = shared_redis_cluster
-    a = start_relay(relay_server_factory, cluster.url, "k1:")
-    b = start_relay(relay_server_factory, cluster.url, "k1:")
-    channels = channels_on_every_shard(cluster, "k1:")
-    query = "&".join(f"channel={c}" for c in channels)
+    a, b, channels, query = two_relays_and_channels_on_every_shard(relay_server_factory, cluster, "k1:")
     with a.sse(f"/events?{query}") as stream:
         stream.read_some(1)
         subscribed(a, len(channels))
@@ -118,6 +122,35 @@ def test_every_publish_is_one_script_in_its_partitions_slot_and_each_worker_hold
         client.close()
 
 
+def subscribers(server, channel: str) -> int:
+    status, _, body = http_request(f"{server.url}/channels/{channel}")
+    assert status == 200, body
+    return json.loads(body)["subscribers"]
+
+
+@pytest.mark.timeout(90)
+def test_chosen_ids_are_scoped_to_their_channel_and_presence_is_summed_over_the_cluster(
+        shared_redis_cluster, relay_server_factory):
+    a, b, channels, query = two_relays_and_channels_on_every_shard(relay_server_factory, shared_redis_cluster,
+                                                                   "k2:", per_shard=1)
+    with a.sse(f"/events?{query}") as stream:
+        stream.read_some(1)
+        subscribed(a, len(channels))
+        # b counts a's stream: the workers' counts meet in one slot ({presence}) of the cluster
+        wait_until(lambda: all(subscribers(b, c) == 1 for c in channels), 10, message="a's stream counted on b")
+        got = []
+        for i, chosen in enumerate(["order-1", "order-1", None]):  # the same id on another channel (shard)
+            b.publish(channels[i], "n", i, id=chosen)
+            got.append(stream.next_event(10))  # one at a time: each cursor covers only what came before
+        assert [e.json() for e in got] == [0, 1, 2]
+    assert got[0].id.startswith("order-1~") and got[1].id.startswith("order-1~") and "~" in got[2].id
+    b.publish(channels[0], "n", 3)
+    with b.sse(f"/events?{query}", headers={"Last-Event-ID": got[0].id}) as resumed:
+        assert sorted(e.json() for e in resumed.events(3, 10)) == [1, 2, 3]  # after order-1 of its channel only
+        assert resumed.no_event_within(0.5)
+    wait_until(lambda: subscribers(b, channels[0]) == 0, 10, message="a's stream gone from b's count")
+
+
 @pytest.mark.timeout(60)
 def test_the_same_backbone_runs_on_a_plain_redis_server(redis_server, relay_server_factory):
     url = f"redis+cluster://127.0.0.1:{redis_server.port}"
@@ -130,7 +163,7 @@ def test_the_same_backbone_runs_on_a_plain_redis_server(redis_server, relay_serv
         got = stream.events(10, 10)
         assert [e.json() for e in got] == list(range(10))
         assert [e.id.split("~")[0] for e in got] == sent
-        assert backbone_of(a)["kind"] == "redis-cluster" and backbone_of(a)["shards"] == 1
+        assert backbone_of(a)["kind"] == "redis" and backbone_of(a)["shards"] == 1
     with b.sse("/events?channel=x&channel=y", headers={"Last-Event-ID": got[3].id}) as resumed:
         assert [e.json() for e in resumed.events(6, 10)] == list(range(4, 10))
         assert resumed.no_event_within(0.5)
@@ -511,13 +544,13 @@ def test_a_worker_pays_no_cpu_for_a_busy_channel_it_has_no_receiver_for(shared_r
 def test_a_catch_up_reads_every_stored_entry_past_one_page(redis_server):
     """A reader back after a long outage reads everything stored since its last id, page after
     page: a count-bounded XRANGE would skip the rest without a word."""
-    from plugins.redis_cluster_backbone.backbone import ClusterBackbone
+    from plugins.redis_backbone.backbone import RedisBackbone
 
     client = redis_server.client()
     try:
         for i in range(2345):
             client.xadd("s", {"e": str(i)}, id=f"1-{i + 1}")
-        entries = list(ClusterBackbone._read_stream(client, "s", "(1-5", page=1000))
+        entries = list(RedisBackbone._read_stream(client, "s", "(1-5", page=1000))
     finally:
         client.close()
     assert [int(e[1][b"e"]) for e in entries] == list(range(5, 2345))

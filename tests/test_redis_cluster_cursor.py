@@ -1,11 +1,15 @@
-"""The cluster backbone's cursor text: base 36 numbers, partitions in increasing order whatever
-order they were first heard in, and a round trip through :func:`parse_cursor`."""
+"""The Redis backbone's cursor text: base 36 numbers, partitions in increasing order whatever
+order they were first heard in, a round trip through :func:`parse_cursor`, the plain stream id
+of one partition and the head of a publisher-chosen id."""
 
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from plugins.redis_cluster_backbone.cursor import Positions, base36, parse_cursor
+from plugins.redis_backbone.cursor import Positions, base36, cursor_text, parse_cursor
+from relay.api import parse_stream_id
 
 
 def reference_base36(number: int) -> str:
@@ -44,3 +48,27 @@ def test_cursor_lists_partitions_in_order_and_parses_back():
         parsed = parse_cursor(cursor, 32)
         assert parsed is not None and parsed[0] == (1700000000000, 7) and dict(parsed[1]) == latest
         assert parsed[1].text() == positions.text() == Positions(dict(positions)).text()
+
+
+ids = st.tuples(st.integers(0, 10 ** 14), st.integers(0, 10 ** 12))
+
+
+@pytest.mark.timeout(60)
+@given(at=ids, chosen=st.text(min_size=1, max_size=40).filter(lambda t: parse_stream_id(t) is None),
+       partitions=st.integers(1, 40))
+def test_one_partition_drops_the_positions_and_a_chosen_id_keeps_them(at, chosen, partitions):
+    """With one partition the stream id alone is the cursor (ids on one Redis stay ``<ms>-<seq>``);
+    a chosen id is always followed by the positions, which are what a resume reads."""
+    positions = Positions({partitions - 1: at})
+    stream_id = f"{at[0]}-{at[1]}"
+    text = cursor_text(stream_id, positions, partitions)
+    if partitions == 1:
+        assert text is None and parse_cursor(stream_id, 1) == (at, {0: at})
+    else:
+        assert text == positions.cursor(stream_id) and parse_cursor(stream_id, partitions) is None
+        assert parse_cursor(text, partitions) == (at, {partitions - 1: at})
+    text = cursor_text(chosen, positions, partitions)
+    assert text == f"{chosen}~{positions.text()}"
+    assert parse_cursor(text, partitions) == (at, {partitions - 1: at})  # the reference: the latest position
+    assert parse_cursor(f"~{positions.text()}", partitions) is None
+    assert parse_cursor(chosen, partitions) is None or "~" in chosen  # "a~b" is not ours either, but may parse

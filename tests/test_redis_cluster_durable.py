@@ -26,7 +26,7 @@ import redis
 from redis_cluster import redis_cluster_fixture, shared_redis_cluster_fixture  # noqa: F401
 from webhook_support import endpoint, webhook_config
 
-from plugins.redis_cluster_backbone.keys import Layout
+from plugins.redis_backbone.keys import Layout
 from plugins.redis_common import encode_event
 from relay.api import Event
 from relay.testing import http_request, wait_until
@@ -37,7 +37,7 @@ GROUP = "relay-sinks"
 
 
 def start_relay(factory, cluster_url: str, prefix: str, receiver_url: str, workers: int = 1, **settings):
-    config = {"backbone": cluster_url, "hook_timeout": 1.0, "backbones": {"redis_cluster": {
+    config = {"backbone": cluster_url, "hook_timeout": 1.0, "backbones": {"redis": {
         "prefix": prefix, "health_interval": 0.5, "claim_idle": 1.5, "log_wait": 0.1, **settings}},
         **webhook_config([endpoint(receiver_url, channels=["*"])])}
     return factory(config, workers=workers)
@@ -152,6 +152,25 @@ def test_every_event_of_every_channel_reaches_the_webhook_exactly_once_with_no_c
     print(f"\nFACT 160 events on 40 channels, 3 workers of 2 relays, no SSE client: 160 webhook requests, "
           f"each once; {len(readers)} group member(s) read the logs; announcements heard: 0")
     assert len(readers) == 3  # each worker of both instances is a member: the work is shared
+    shares = shares_of([a, b], workers=3)
+    print(f"FACT the 32 partitions' logs shared by the 3 workers: {sorted(len(s) for s in shares.values())}")
+    assert sorted(p for share in shares.values() for p in share) == list(range(PARTITIONS))  # each read once
+
+
+def shares_of(servers, workers: int) -> dict[str, list[int]]:
+    """Each worker's share of the partitions (``GET /healthz`` answered by each of ``workers``),
+    once every worker lists them all as readers."""
+    shares: dict[str, list[int]] = {}
+
+    def collect() -> bool:
+        for server in servers:
+            durable = durable_stats(server)
+            if durable["sharing_with"] == workers:
+                shares[durable["consumer"]] = durable["partitions"]
+        return len(shares) == workers
+
+    wait_until(collect, 15, message=f"the shares of {workers} workers")
+    return shares
 
 
 @pytest.mark.timeout(120)
@@ -225,13 +244,19 @@ def test_durable_log_false_writes_no_log(shared_redis_cluster, relay_server_fact
     assert logs_of(cluster, "d4:") == (0, 0)
     assert durable_stats(a) == "off"
     # auto without a durable sink set up (webhooks loaded, no endpoint): no log either
-    idle = relay_server_factory({"backbone": cluster.url, "backbones": {"redis_cluster": {"prefix": "d8:"}}})
+    idle = relay_server_factory({"backbone": cluster.url, "backbones": {"redis": {"prefix": "d8:"}}})
     publish_many([idle], ["x", "y", "z"], 6)
-    assert logs_of(cluster, "d8:") == (0, 0) and durable_stats(idle) == "off"
+    assert logs_of(cluster, "d8:") == (0, 0) and durable_stats(idle) == "write if it exists"
     # auto with a durable sink set up (webhooks with an endpoint): written and read
     b = start_relay(relay_server_factory, cluster.url, "d5:", receiver.url)
     publish_many([b], ["x", "y", "z"], 6)
     assert logs_of(cluster, "d5:")[0] == 6 and durable_stats(b)["readers"] == 3
+    # ... and an instance without sinks (auto) publishing into that deployment writes it too,
+    # now that the logs exist: its events reach the other instance's webhook
+    sinkless = relay_server_factory({"backbone": cluster.url, "backbones": {"redis": {"prefix": "d5:"}}})
+    publish_many([sinkless], ["x", "y", "z"], 6, start=6)
+    receiver.wait_for(12, 20)
+    assert sorted(received_numbers(receiver).elements()) == list(range(12)) and logs_of(cluster, "d5:")[0] == 12
 
 
 @pytest.mark.timeout(120)
@@ -319,7 +344,8 @@ def test_what_reading_the_logs_costs_idle_and_per_event(shared_redis_cluster, re
     cluster = shared_redis_cluster
     a = start_relay(relay_server_factory, cluster.url, "d9:", receiver.url, workers=2, log_wait=0.2)
     pids = worker_pids(a)
-    time.sleep(2)  # groups created, readers in their steady state
+    shares_of([a], workers=2)  # both listed (the first to start read everything for a moment)
+    time.sleep(1.5)  # groups created, readers in their steady state
     calls, cpu, began = xreadgroup_calls(cluster), sum(cpu_seconds(p) for p in pids), time.monotonic()
     time.sleep(5)
     idle_seconds = time.monotonic() - began
@@ -333,8 +359,10 @@ def test_what_reading_the_logs_costs_idle_and_per_event(shared_redis_cluster, re
     print(f"\nFACT log readers, 32 partitions on 3 shards, log_wait 0.2 s: idle {idle_calls:.0f} XREADGROUP/s and "
           f"{idle_cpu * 100:.1f} % CPU per worker; {per_event * 1000:.2f} ms CPU per event, both workers together "
           f"(HTTP publish, log read, webhook stored and sent)")
-    # A sweep (one XREADGROUP per partition of the shard) plus one bounded wait, per log_wait.
-    assert idle_calls < 3 * (PARTITIONS + 3) / 0.2
+    # Per log_wait, a sweep (one XREADGROUP per partition of the worker's share on the shard)
+    # and one bounded wait per shard it has partitions on: the two workers together read each
+    # partition about once (without shares, each read all: 2 x (32 + 3) / 0.2 = 350/s).
+    assert idle_calls * len(pids) < 1.2 * (PARTITIONS + 2 * 3) / 0.2
     assert idle_cpu < 0.05
 
 

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 import plugins.demo
 import plugins.redis_backbone
+import plugins.redis_backbone.backbone
+import plugins.redis_backbone.cursor
 import plugins.redis_source
 import plugins.redis_source.replay
 import plugins.redis_source.settings
@@ -68,10 +70,11 @@ def test_anything_else_is_not_a_stream_id(text):
 
 def test_the_backbone_the_source_and_the_core_use_the_one_parser():
     assert relay.api.parse_stream_id is relay.backbone.parse_stream_id
-    assert plugins.redis_backbone.parse_stream_id is parse_stream_id
+    assert plugins.redis_backbone.backbone.parse_stream_id is parse_stream_id
+    assert plugins.redis_backbone.cursor.parse_stream_id is parse_stream_id
     assert plugins.redis_source.parse_stream_id is parse_stream_id
     assert plugins.redis_source.replay.parse_stream_id is parse_stream_id
-    for module in (plugins.redis_backbone, plugins.redis_source.messages):
+    for module in (plugins.redis_backbone.backbone, plugins.redis_backbone.cursor, plugins.redis_source.messages):
         assert not hasattr(module, "STREAM_ID") and not hasattr(module, "id_key")
 
 

@@ -31,7 +31,7 @@ import redis
 from plugins.redis_common import CONNECTION_ERRORS, keep_connected, make_connection, read_subscribed
 
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 30.0
-log = logging.getLogger("relay.backbone.redis_cluster")
+log = logging.getLogger("relay.backbone.redis")
 
 
 class ShardReader:
@@ -83,7 +83,7 @@ class ShardReader:
                                close=self._close, is_up=lambda: self.up, failed=self._failed,
                                reconnect_min=RECONNECT_MIN, reconnect_max=RECONNECT_MAX)
             except Exception as exc:
-                log.exception("redis cluster backbone: shard reader %s:%s failed", *self.address)
+                log.exception("redis backbone: shard reader %s:%s failed", *self.address)
                 self._failed(exc)
                 self.stopping.wait(RECONNECT_MAX / 10)
 
@@ -167,7 +167,7 @@ class Router:
         self.readers: dict[tuple[str, int], ShardReader] = {}
         self.reader_of: dict[str, ShardReader] = {}
         self.unassigned: set[str] = set()  # wanted while no node answered: retried every second
-        self.since: dict[str, int] = {}  # channel -> ms when it was wanted (where its catch-up starts)
+        self.since: dict[str, int] = {}  # channel -> where its catch-up starts, when it was just wanted
         self._leaving: dict[str, gevent.Greenlet] = {}  # debounced unsubscriptions
         self.errors = 0
 
@@ -177,7 +177,7 @@ class Router:
             timer.kill(block=False)
         if channel in self.reader_of or channel in self.unassigned:
             return
-        self.since[channel] = int(time.time() * 1000)
+        self.since[channel] = self.backbone.start_of(channel)
         self.assign({channel})
 
     def unwant(self, channel: str) -> None:
@@ -187,7 +187,7 @@ class Router:
         self._leaving[channel] = gevent.spawn_later(delay, self._drop, channel)
 
     def _drop(self, channel: str) -> None:
-        log.info("redis cluster backbone: unsubscribing %r", channel)
+        log.info("redis backbone: unsubscribing %r", channel)
         self._leaving.pop(channel, None)
         self.unassigned.discard(channel)
         self.since.pop(channel, None)
@@ -232,8 +232,8 @@ class Router:
 
     def failed(self, reader: ShardReader, exc: BaseException) -> None:
         self.errors += 1
-        self.backbone.relay.stats.incr("source_failures", source="redis-cluster-backbone")
-        log.warning("redis cluster backbone: shard %s:%s: %s: %s", *reader.address, type(exc).__name__, exc)
+        self.backbone.relay.stats.incr("source_failures", source="redis-backbone")
+        log.warning("redis backbone: shard %s:%s: %s: %s", *reader.address, type(exc).__name__, exc)
         self.status_changed()
         if self.topology.refresh():
             self.rebalance()

@@ -4,7 +4,10 @@
 the last id delivered (partition number and both numbers in base 36, partitions in increasing
 order). Ids of one partition come from one counter, so "every event of my channels in
 partition ``p`` up to this id" is one number pair; a resume reads each channel from its
-partition's position. One position is at most ~19 characters (``1f=lxxxxxxx.xxxxxx,``), so a
+partition's position. The head is the event's id, which is an id its publisher chose when it has
+one (such an id means something on its own channel only: the positions are what a resume reads).
+With one partition (one Redis, by default) the cursor of an event with a stream id is that id
+alone: ``<ms>-<seq>``. One position is at most ~19 characters (``1f=lxxxxxxx.xxxxxx,``), so a
 cursor holds at most ``P`` of them, whatever the number of channels.
 """
 
@@ -73,10 +76,18 @@ class Positions(dict):
 
 
 def parse_cursor(text: str, partitions: int) -> tuple[Id, Positions] | None:
-    """``(event id, positions)`` of a cursor this backbone gave, or ``None`` for any other text."""
-    head, sep, tail = text.partition("~")
+    """``(reference id, positions)`` of a cursor this backbone gave, or ``None`` for any other text.
+
+    The head is the event's id: its stream id, or an id its publisher chose (then the reference
+    is the latest position). With one partition a stream id alone is a cursor: the worker's
+    position is the event it last delivered (:func:`cursor_text`)."""
+    head, sep, tail = text.rpartition("~")  # a chosen id may hold a "~"; the positions never do
+    if not sep:
+        head = tail
     event_id = parse_stream_id(head)
-    if not sep or event_id is None or not tail:
+    if not sep:
+        return (event_id, Positions({0: event_id})) if partitions == 1 and event_id is not None else None
+    if not head or not tail:
         return None
     positions = Positions()
     try:
@@ -89,4 +100,12 @@ def parse_cursor(text: str, partitions: int) -> tuple[Id, Positions] | None:
             positions.advance(partition, (int(ms, 36), int(seq, 36)))
     except ValueError:
         return None
-    return event_id, positions
+    return event_id or max(positions.values()), positions
+
+
+def cursor_text(event_id: str, positions: Positions, partitions: int) -> str | None:
+    """The SSE id of an event delivered at ``positions``: ``None`` (its id as it is) when there
+    is one partition and the id is the stream id, which then says all the positions do."""
+    if partitions == 1 and parse_stream_id(event_id) is not None:
+        return None
+    return positions.cursor(event_id)

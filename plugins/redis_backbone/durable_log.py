@@ -3,15 +3,17 @@
 
 The publish script appends every event to its partition's log (``relay:{p}:log``, same slot,
 same script). Every worker that has a durable sink (a plugin implementing
-``relay_deliver_durable``, such as webhooks) reads the logs through one consumer group
-(``durable_group``): Redis gives each entry to one member of the whole deployment, which
+``relay_deliver_durable``, such as webhooks) reads its share of the partitions' logs
+(:mod:`.shares`: about one reader per partition, whatever the number of workers) through one
+consumer group (``durable_group``): Redis gives each entry to one member of the whole deployment, which
 offers it to the durable sinks (:class:`relay.api.DurableOffers`) and acknowledges it (XACK)
 only once every sink took it; a refused entry stays pending and is offered again after a
 backoff (its partition waits, the others go on). Entries a dead worker read but never
-acknowledged are claimed (XAUTOCLAIM) by another member once idle for ``claim_idle`` seconds:
-at least once, duplicates only after such a claim.
+acknowledged are claimed (XAUTOCLAIM) by the partition's reader once idle for ``claim_idle``
+seconds: at least once, duplicates only after such a claim.
 
-One greenlet per shard (the master serving the partitions' slots), not one per partition. A
+One greenlet per shard (the master serving the partitions' slots) that serves a partition of
+this worker's share, not one per partition. A
 multi-stream XREADGROUP would be CROSSSLOT, so a sweep sends one non-blocking XREADGROUP per
 partition in one pipeline; when every partition was empty it waits on one of them (in turn)
 with ``BLOCK log_wait``, so a new entry there ends the wait at once, one elsewhere after at most
@@ -30,25 +32,32 @@ import gevent
 import gevent.event
 import redis
 
+from plugins.redis_backbone.shares import Shares
 from plugins.redis_common import CONNECTION_ERRORS, decode_event
 from relay.api import DurableOffers, event_rejected
 
 Address = tuple[str, int]
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # seconds a failed shard reader waits before its next attempt
-log = logging.getLogger("relay.backbone.redis_cluster")
+log = logging.getLogger("relay.backbone.redis")
 
 
-def log_mode(relay, settings: dict) -> tuple[bool, bool]:
-    """``(write, read)``: whether publishes append to the logs, and whether this worker reads
-    them. A durable sink counts when it is *set up* in this app: a plugin implementing
+def log_mode(relay, settings: dict) -> tuple[int, bool]:
+    """``(log argument of the publish script, read here)``.
+
+    The argument: ``log_maxlen`` (append), ``-log_maxlen`` (append when the log exists, that is
+    once a durable sink anywhere in the deployment created it with its consumer group) or 0
+    (never). A durable sink counts when it is *set up* in this app: a plugin implementing
     ``relay_deliver_durable`` that keeps state in ``relay.extensions`` under its name (the
     webhooks sink does once it has endpoints or an admin token; loaded but idle, it would take
-    and drop the deployment's events). ``durable_log = "auto"`` writes when one is set up here;
-    ``"true"`` writes in any case (a publishing instance without sinks of its own, in a
-    deployment where others have them); a worker reads only when it writes and has one."""
+    and drop the deployment's events). ``durable_log = "auto"`` appends where one is set up,
+    and elsewhere once the log exists: an instance without sinks publishing into a deployment
+    whose other instances have them needs no setting. ``"true"``: always; ``"false"``: never.
+    A worker reads when it has a sink set up and the log is not off."""
     has_sinks = any(name in relay.extensions for name in relay.durable_sinks())
-    write = {"true": True, "false": False}.get(settings["durable_log"], has_sinks)
-    return write, write and has_sinks
+    mode, maxlen = settings["durable_log"], settings["log_maxlen"]
+    if mode == "false":
+        return 0, False
+    return (maxlen if mode == "true" or has_sinks else -maxlen), has_sinks
 
 
 class DurableLog:
@@ -69,15 +78,22 @@ class DurableLog:
         self.down: dict[Address, str] = {}  # shard -> last error, while its reader fails
         self.stopping = gevent.event.Event()
         self.counts = {"offered": 0, "acknowledged": 0, "claimed": 0, "redelivered": 0}
+        self.shares = Shares(backbone, self.group)
+        self.owned: set[int] = set()  # the partitions this worker reads (its share)
 
     def ensure_readers(self) -> None:
-        """One reader per master serving a partition (called every second by the backbone's
-        source): starts the missing ones, e.g. on a promoted replica after a failover."""
+        """Renew this worker's share of the partitions, and run one reader per master serving a
+        partition of it (called every second by the backbone's source): starts the missing ones,
+        e.g. on a promoted replica after a failover, or for a share that grew."""
         if self.stopping.is_set() or self.backbone.topology.slots is None:
             return
         if not self.consumer:  # after fork: one member per worker
             self.consumer = f"{socket.gethostname()}:{os.getpid()}"
-        for address in {self._master_of(p) for p in range(self.backbone.layout.partitions)}:
+        self.shares.renew(self.consumer)
+        self.owned = self.shares.owned(self.consumer, self.backbone.layout.partitions)
+        for partition in [p for p in self.waiting if p not in self.owned]:
+            del self.waiting[partition]  # its new owner claims what this worker left pending
+        for address in {self._master_of(p) for p in self.owned}:
             reader = self.readers.get(address)
             if reader is None or reader.dead:
                 self.readers[address] = gevent.spawn(self._read_shard, address)
@@ -87,10 +103,13 @@ class DurableLog:
         readers = list(self.readers.values())
         gevent.joinall(readers, timeout=self.wait + 1)  # a read in flight ends within log_wait
         gevent.killall([r for r in readers if not r.dead], block=False)
+        if self.consumer:
+            self.shares.leave(self.consumer)
 
     def stats(self) -> dict:
-        return {**self.counts, "group": self.group, "readers": sum(not r.dead for r in self.readers.values()),
-                "waiting_partitions": len(self.waiting), "shards_down": sorted(f"{h}:{p}" for h, p in self.down)}
+        return {**self.counts, "group": self.group, "consumer": self.consumer, "readers": sum(not r.dead for r in self.readers.values()),
+                "waiting_partitions": len(self.waiting),
+                "partitions": sorted(self.owned), "sharing_with": len(self.shares.readers), "shards_down": sorted(f"{h}:{p}" for h, p in self.down)}
 
     # -- one shard --------------------------------------------------------------------------------
 
@@ -98,11 +117,12 @@ class DurableLog:
         return self.backbone.topology.node_for(self.backbone.layout.partition(partition).slot)
 
     def _partitions_of(self, address: Address) -> list[int]:
-        return [p for p in range(self.backbone.layout.partitions) if self._master_of(p) == address]
+        """This worker's partitions that ``address`` serves."""
+        return [p for p in sorted(self.owned) if self._master_of(p) == address]
 
     def _read_shard(self, address: Address) -> None:
-        """Read the logs of the partitions ``address`` serves until it serves none (the slot map
-        moved them: another reader takes them) or the worker stops."""
+        """Read the logs of this worker's partitions that ``address`` serves until it serves none
+        (the slot map or the shares moved them: another reader takes them) or the worker stops."""
         topology, retry, created, turn, next_claim = self.backbone.topology, RETRY_MIN, set(), 0, 0.0
         while not self.stopping.is_set():
             partitions = self._partitions_of(address)
@@ -133,7 +153,7 @@ class DurableLog:
                 if self.stopping.is_set():
                     return
                 if address not in self.down:
-                    log.warning("redis cluster backbone: durable log reader of %s:%s: %s: %s (its partitions "
+                    log.warning("redis backbone: durable log reader of %s:%s: %s: %s (its partitions "
                                 "wait; unacknowledged entries stay pending)", *address, type(exc).__name__, exc)
                 self.down[address] = f"{type(exc).__name__}: {exc}"
                 created.clear()  # a promoted replica has the group, but a restarted empty master has not
@@ -174,11 +194,11 @@ class DurableLog:
                                   int(self.claim_idle * 1000), start_id="0-0", count=self.batch)
         entries, deleted = reply[1], (reply[2] if len(reply) > 2 else [])
         if deleted:  # trimmed from the log while pending: Redis dropped them from the group
-            log.warning("redis cluster backbone: %d pending entr(ies) of partition %d were trimmed from its "
+            log.warning("redis backbone: %d pending entr(ies) of partition %d were trimmed from its "
                         "log before the durable sinks took them (raise log_maxlen)", len(deleted), partition)
         if entries:
             self.counts["claimed"] += len(entries)
-            log.info("redis cluster backbone: claimed %d durable log entr(ies) of partition %d left by "
+            log.info("redis backbone: claimed %d durable log entr(ies) of partition %d left by "
                      "another worker", len(entries), partition)
             self._take(client, partition, entries, pending=True)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
@@ -24,11 +25,14 @@ from plugins.redis_common import CONNECTION_ERRORS, make_pool
 Address = tuple[str, int]
 SCHEME = "redis+cluster://"
 SLOTS = 16384
-log = logging.getLogger("relay.backbone.redis_cluster")
+log = logging.getLogger("relay.backbone.redis")
 
 
 def parse_seeds(url: str) -> list[Address]:
-    """``redis+cluster://h:p[,h:p…][/…]`` -> ``[(h, p), …]``."""
+    """``redis+cluster://h:p[,h:p…][/…]`` -> ``[(h, p), …]``; any other URL (``redis://``,
+    ``rediss://``, ``unix://``) names one node: :func:`node_address`."""
+    if not url.startswith(SCHEME):
+        return [node_address(url)]
     text = url.removeprefix(SCHEME).split("/", 1)[0].split("?", 1)[0]
     seeds = []
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -39,11 +43,23 @@ def parse_seeds(url: str) -> list[Address]:
     return seeds
 
 
+def node_address(url: str) -> Address:
+    """The address of the one Redis a ``redis://``, ``rediss://`` or ``unix://`` URL names
+    (``(socket path, 0)`` for a socket): the key of its pool and shard reader."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return (parts.path, 0)
+    return (parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
 class Topology:
     """The slot map and one small connection pool per node."""
 
-    def __init__(self, seeds: list[Address], connect_timeout: float, command_timeout: float):
-        self.seeds = seeds
+    def __init__(self, url: str, connect_timeout: float, command_timeout: float):
+        self.seeds = parse_seeds(url)
+        # A node named by a redis:// URL is reached with that URL (its database, password, TLS);
+        # the nodes CLUSTER SLOTS names, with redis://host:port.
+        self.urls = {} if url.startswith(SCHEME) else {self.seeds[0]: url}
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
         self.slots: list[Address] | None = None  # slot -> address of its master
         self.standalone = False
@@ -52,7 +68,7 @@ class Topology:
         self.refreshes = 0
 
     def url(self, address: Address) -> str:
-        return f"redis://{address[0]}:{address[1]}"
+        return self.urls.get(address) or f"redis://{address[0]}:{address[1]}"
 
     def client(self, address: Address) -> redis.Redis:
         """A client of one node: no redis-py retries, every command bounded by ``command_timeout``."""
@@ -89,7 +105,7 @@ class Topology:
                     return True
                 except CONNECTION_ERRORS as exc:
                     log.debug("slot map from %s:%s: %s", *address, exc)
-            log.warning("redis cluster backbone: no node of %s answered for the slot map", self.seeds)
+            log.warning("redis backbone: no node of %s answered for the slot map", self.seeds)
             return False
 
     def refresh_soon(self) -> None:
@@ -99,6 +115,11 @@ class Topology:
 
     def _read_map(self, address: Address) -> list[Address]:
         client = self.client(address)
+        version = str(client.info("server").get("redis_version", "0"))
+        if int(version.split(".")[0]) < 7:  # no sharded pub/sub: nothing would ever be heard
+            log.error("redis backbone: %s:%s runs Redis %s; the Redis backbone needs Redis 7.0 or later "
+                      "(sharded pub/sub)", *address, version)
+            raise redis.ConnectionError(f"Redis {version} at {address[0]}:{address[1]}: 7.0 or later needed")
         try:
             ranges = client.execute_command("CLUSTER", "SLOTS")
         except redis.ResponseError as exc:

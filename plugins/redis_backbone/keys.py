@@ -60,7 +60,7 @@ class PartitionKeys:
 
     def log(self) -> str:
         """The partition's durable log: every event of its channels, read by the durable sinks
-        through one consumer group (:mod:`plugins.redis_cluster_backbone.durable_log`)."""
+        through one consumer group (:mod:`plugins.redis_backbone.durable_log`)."""
         return self.key("log")
 
     def announcement(self, channel: str) -> str:
