@@ -142,3 +142,15 @@ def test_a_restart_that_lost_nothing_is_not_reported(relay_server_factory, tmp_p
         assert LOST_LOG not in old.log() and counter(old, "backbone_lost") == 0
     finally:
         server.kill()
+
+
+def test_a_resume_from_an_id_the_data_does_not_know_is_told_lost(relay_server_factory, redis_server):
+    """An id from before the keys' history began (a relay before the upgrade that renamed them,
+    or a Redis whose data is gone): the new keys start with a restart record, so the resume gets
+    relay-missed "lost", then the events published since."""
+    server = relay_server_factory(backbone_config(redis_server.url))  # a fresh prefix: keys nobody wrote
+    old_id = "1700000000000-5"
+    with server.sse("/events/room", headers={"Last-Event-ID": old_id}) as resumed:
+        expect_lost(resumed, old_id)
+        server.publish("room", "n", "new")
+        assert resumed.next_event(10).data == "new"
