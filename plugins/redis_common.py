@@ -1,7 +1,7 @@
 """Redis plumbing shared by the Redis backbone (:mod:`plugins.redis_backbone`) and the Redis
-source (:mod:`plugins.redis_source`): one
-way to build a connection, one reconnect policy, one way to watch a subscribed connection, one
-way to notice a Redis that came back with less than it acknowledged.
+source (:mod:`plugins.redis_source`): one way to build a connection, one reconnect policy, one
+way to watch a subscribed connection, one way to notice a Redis that came back with less than it
+acknowledged.
 
 A helper module, not a plugin (no entry point names it). What it decides, for all of them:
 

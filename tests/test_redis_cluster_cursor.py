@@ -61,13 +61,13 @@ def test_one_partition_drops_the_positions_and_a_chosen_id_keeps_them(at, chosen
     a chosen id is always followed by the positions, which are what a resume reads."""
     positions = Positions({partitions - 1: at})
     stream_id = f"{at[0]}-{at[1]}"
-    text = cursor_text(stream_id, positions, partitions)
+    text = cursor_text(stream_id, stream_id, positions, partitions)
     if partitions == 1:
         assert text is None and parse_cursor(stream_id, 1) == (at, {0: at})
     else:
         assert text == positions.cursor(stream_id) and parse_cursor(stream_id, partitions) is None
         assert parse_cursor(text, partitions) == (at, {partitions - 1: at})
-    text = cursor_text(chosen, positions, partitions)
+    text = cursor_text(chosen, stream_id, positions, partitions)
     assert text == f"{chosen}~{positions.text()}"
     assert parse_cursor(text, partitions) == (at, {partitions - 1: at})  # the reference: the latest position
     assert parse_cursor(f"~{positions.text()}", partitions) is None

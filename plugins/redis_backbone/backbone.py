@@ -172,8 +172,7 @@ class RedisBackbone(Backbone):
         if self.durable_mode()[1]:  # the durable sinks take it from the log: relay_deliver skips them for it
             self.relay.durable_sources.add(event.source)
         self.positions.advance(self.layout.of(event.channel).number, key)
-        if self.layout.partitions > 1 or event.id != entry_id:  # else its id says where it stands
-            event.cursor = self.positions.cursor(event.id)
+        event.cursor = cursor_text(event.id, entry_id, self.positions, self.layout.partitions)
         self.memory.publish_local(event, self.relay.deliver)
 
     def catch_up(self, reader: ShardReader, channels: set[str], reconnected: bool = False) -> None:
@@ -296,8 +295,9 @@ class RedisBackbone(Backbone):
                 lost = lost or self._lost_after(client, keys, after)
             stream = keys.stream(channel)
             first = f"({after[0]}-{after[1]}" if after else floor
-            for entry_id, fields in client.xrange(stream, first, "+", count=limit):
-                events.append((parse_stream_id(entry_id.decode()), decode_event(entry_id.decode(), fields[b"e"])))
+            for entry, fields in client.xrange(stream, first, "+", count=limit):
+                entry_id = entry.decode()
+                events.append((parse_stream_id(entry_id), entry_id, decode_event(entry_id, fields[b"e"])))
             try:
                 info = client.xinfo_stream(stream)
             except redis.ResponseError:
@@ -305,15 +305,15 @@ class RedisBackbone(Backbone):
             oldest = info.get("first-entry")
             if after and info["entries-added"] > info["length"] and oldest and parse_stream_id(oldest[0].decode()) > after:
                 complete = False  # trimmed past the client's position
-        events.sort(key=lambda pair: pair[0])
+        events.sort(key=lambda item: item[0])
         if len(events) > limit:
             events, complete = events[-limit:], False
         positions = Positions(dict(start))
-        for key, event in events:
+        for key, entry_id, event in events:
             positions.advance(self.layout.of(event.channel).number, key)
-            event.cursor = cursor_text(event.id, positions, self.layout.partitions)
+            event.cursor = cursor_text(event.id, entry_id, positions, self.layout.partitions)
         follow = Follow(self.layout, positions)
-        replayed = [event for _, event in events]
+        replayed = [event for _, _, event in events]
         if lost:
             return Replay(replayed, complete=False, reason="lost", follow=follow)
         return Replay(replayed, complete, "" if complete else "evicted", follow=follow)
@@ -373,7 +373,7 @@ class Follow:
         merged = Positions(dict(self.positions))
         for number, at in worker.items():
             merged.advance(number, at)
-        cursor = cursor_text(event.id, merged, self.layout.partitions)
+        cursor = cursor_text(event.id, f"{key[0]}-{key[1]}", merged, self.layout.partitions)
         return Event(event.channel, event.event, event.data, id=event.id, source=event.source,
                      timestamp=event.timestamp, cursor=cursor)
 

@@ -103,9 +103,10 @@ def parse_cursor(text: str, partitions: int) -> tuple[Id, Positions] | None:
     return event_id or max(positions.values()), positions
 
 
-def cursor_text(event_id: str, positions: Positions, partitions: int) -> str | None:
-    """The SSE id of an event delivered at ``positions``: ``None`` (its id as it is) when there
-    is one partition and the id is the stream id, which then says all the positions do."""
-    if partitions == 1 and parse_stream_id(event_id) is not None:
+def cursor_text(event_id: str, entry_id: str, positions: Positions, partitions: int) -> str | None:
+    """The SSE id of an event (stream entry ``entry_id``) delivered at ``positions``: ``None``
+    (its id as it is) when there is one partition and the event's id is its entry id, which then
+    says all the positions do."""
+    if partitions == 1 and event_id == entry_id:
         return None
     return positions.cursor(event_id)

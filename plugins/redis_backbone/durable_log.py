@@ -5,20 +5,20 @@ The publish script appends every event to its partition's log (``relay:{p}:log``
 same script). Every worker that has a durable sink (a plugin implementing
 ``relay_deliver_durable``, such as webhooks) reads its share of the partitions' logs
 (:mod:`.shares`: about one reader per partition, whatever the number of workers) through one
-consumer group (``durable_group``): Redis gives each entry to one member of the whole deployment, which
-offers it to the durable sinks (:class:`relay.api.DurableOffers`) and acknowledges it (XACK)
-only once every sink took it; a refused entry stays pending and is offered again after a
-backoff (its partition waits, the others go on). Entries a dead worker read but never
-acknowledged are claimed (XAUTOCLAIM) by the partition's reader once idle for ``claim_idle``
-seconds: at least once, duplicates only after such a claim.
+consumer group (``durable_group``): Redis gives each entry to one member of the whole
+deployment, which offers it to the durable sinks (:class:`relay.api.DurableOffers`) and
+acknowledges it (XACK) only once every sink took it; a refused entry stays pending and is
+offered again after a backoff (its partition waits, the others go on). Entries a dead worker
+read but never acknowledged are claimed (XAUTOCLAIM) by the partition's reader once idle for
+``claim_idle`` seconds: at least once, duplicates only after such a claim.
 
 One greenlet per shard (the master serving the partitions' slots) that serves a partition of
-this worker's share, not one per partition. A
-multi-stream XREADGROUP would be CROSSSLOT, so a sweep sends one non-blocking XREADGROUP per
-partition in one pipeline; when every partition was empty it waits on one of them (in turn)
-with ``BLOCK log_wait``, so a new entry there ends the wait at once, one elsewhere after at most
-``log_wait``. A shard that fails waits (backoff) and resumes on whichever master serves its
-partitions after the slot map is refreshed; nothing unacknowledged is lost (it stays pending).
+this worker's share, not one per partition. A multi-stream XREADGROUP would be CROSSSLOT, so a
+sweep sends one non-blocking XREADGROUP per partition in one pipeline; when every partition
+was empty it waits on one of them (in turn) with ``BLOCK log_wait``, so a new entry there ends
+the wait at once, one elsewhere after at most ``log_wait``. A shard that fails waits (backoff)
+and resumes on whichever master serves its partitions after the slot map is refreshed; nothing
+unacknowledged is lost (it stays pending).
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ class DurableLog:
             self.shares.leave(self.consumer)
 
     def stats(self) -> dict:
-        return {**self.counts, "group": self.group, "consumer": self.consumer, "readers": sum(not r.dead for r in self.readers.values()),
-                "waiting_partitions": len(self.waiting),
-                "partitions": sorted(self.owned), "sharing_with": len(self.shares.readers), "shards_down": sorted(f"{h}:{p}" for h, p in self.down)}
+        return {**self.counts, "group": self.group, "consumer": self.consumer,
+                "readers": sum(not r.dead for r in self.readers.values()), "waiting_partitions": len(self.waiting),
+                "partitions": sorted(self.owned), "sharing_with": len(self.shares.readers),
+                "shards_down": sorted(f"{h}:{p}" for h, p in self.down)}
 
     # -- one shard --------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ a reader left without channels closes its connection.
 
 Catch-up keeps delivery exact. Once a batch of subscriptions is confirmed, the reader reads
 the streams of those channels, and of the channels it already hears in the same partitions,
-from the last id delivered (or, for a channel just wanted, from a little before it was
-wanted), merged by id: a partition's events then reach this worker in id order even across a
+from the last id delivered (or, for a channel just wanted, from the time its master gave when
+it was wanted: :meth:`RedisBackbone.start_of`), merged by id: a partition's events then reach this worker in id order even across a
 reconnect, which is what makes a per-partition position (the cursor) exact. On a connection
 error, a ``sunsubscribe`` it did not ask for (the slot moved) or ``MOVED``, the reader
 refreshes the slot map, hands channels that moved to their new shard's reader, reconnects and
